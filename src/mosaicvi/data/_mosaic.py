@@ -1,0 +1,321 @@
+"""The MuData contract: validation, observed masks and assembly of a mosaic.
+
+A user's MuData may hold modalities that cover different cells (an RNA-only batch next to a
+CITE-seq batch). scvi-tools requires paired modalities, so the models work on an *assembled*
+AnnData: one row per cell of ``mdata.obs_names``, the modalities' features side by side (sparse,
+absent modalities as empty rows), and an explicit observed mask in ``obsm``. The user's MuData is
+only read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from mudata import MuData
+
+from mosaicvi.distributions import LIKELIHOODS, get_likelihood
+
+from ._constants import (
+    BATCH_COLUMN,
+    DEFAULT_LIKELIHOOD_BY_NAME,
+    MODALITY_VAR_COLUMN,
+    OBSERVED_OBSM_KEY,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """How one modality of a MuData enters a model."""
+
+    name: str
+    mod_key: str
+    layer: str | None
+    likelihood: str
+    n_vars: int
+
+    def to_dict(self) -> dict:
+        """Plain-dict form, for registries and saving."""
+        return asdict(self)
+
+
+def _as_name_mapping(
+    value: Mapping[str, str | None] | None, names: Sequence[str], what: str
+) -> dict[str, str | None]:
+    value = dict(value or {})
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{what} names modalities {unknown} that are not among the registered modalities "
+            f"{list(names)}. Use the names given in `modalities`."
+        )
+    return {name: value.get(name) for name in names}
+
+
+def resolve_modalities(
+    mdata: MuData, modalities: Mapping[str, str] | Sequence[str] | None
+) -> dict[str, str]:
+    """Map model modality names to keys of ``mdata.mod``, checking that they exist.
+
+    Parameters
+    ----------
+    mdata
+        The user's MuData.
+    modalities
+        ``{name: mod_key}``, a list of mod keys (used as names), or ``None`` for all modalities.
+    """
+    if not isinstance(mdata, MuData):
+        raise TypeError(
+            f"Expected a mudata.MuData, got {type(mdata).__name__}. Wrap your modalities with "
+            "`mudata.MuData({'rna': rna, 'adt': adt})`."
+        )
+    if modalities is None:
+        mapping = {key: key for key in mdata.mod}
+    elif isinstance(modalities, Mapping):
+        mapping = dict(modalities)
+    else:
+        mapping = {key: key for key in modalities}
+    missing = [key for key in mapping.values() if key not in mdata.mod]
+    if missing:
+        raise KeyError(
+            f"Modalities {missing} are not in the MuData, which has {list(mdata.mod)}. "
+            "Pass `modalities={name: key}` with keys of `mdata.mod`."
+        )
+    if len(mapping) < 2:
+        raise ValueError(
+            f"At least two modalities are needed, got {list(mapping)}. For a single modality use "
+            "scvi-tools' SCVI (RNA) or PEAKVI (ATAC) instead."
+        )
+    if len(set(mapping.values())) != len(mapping):
+        raise ValueError(f"Each modality must map to a different key of mdata.mod: {mapping}.")
+    return mapping
+
+
+def modality_matrix(mdata: MuData, mod_key: str, layer: str | None):
+    """The matrix of one modality (``X`` or a layer), with a clear error for a missing layer."""
+    mod = mdata.mod[mod_key]
+    if layer is None:
+        return mod.X
+    if layer not in mod.layers:
+        raise KeyError(
+            f"Layer {layer!r} is not in mdata.mod[{mod_key!r}].layers (it has "
+            f"{list(mod.layers)}). Pass `layers={{...}}` with an existing layer, or None for X."
+        )
+    return mod.layers[layer]
+
+
+def _values(matrix) -> np.ndarray:
+    """Stored values of a dense or sparse matrix (without copying where possible)."""
+    if sp.issparse(matrix):
+        return np.asarray(matrix.data)
+    return np.asarray(matrix).ravel()
+
+
+def _is_integer_valued(values: np.ndarray) -> bool:
+    return bool(np.all(values >= 0) and np.all(np.mod(values, 1) == 0))
+
+
+def default_likelihood(name: str, matrix) -> str:
+    """Likelihood by modality name, else by data type (counts: ``nb``; other values: ``normal``)."""
+    by_name = DEFAULT_LIKELIHOOD_BY_NAME.get(name.lower())
+    if by_name is not None:
+        return by_name
+    return "nb" if _is_integer_valued(_values(matrix)) else "normal"
+
+
+def validate_matrix(name: str, matrix, likelihood: str) -> None:
+    """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods."""
+    values = _values(matrix)
+    n_bad = int(np.size(values) - np.isfinite(values).sum())
+    if n_bad:
+        raise ValueError(
+            f"Modality {name!r} contains {n_bad} NaN or infinite values. Remove or impute them "
+            "before setup (e.g. `np.nan_to_num`), or drop the affected cells/features."
+        )
+    lik = get_likelihood(likelihood)
+    if lik.requires_counts or lik.name == "bernoulli":
+        n_negative = int((values < 0).sum())
+        if n_negative:
+            raise ValueError(
+                f"Modality {name!r} has {n_negative} negative values, which the {likelihood!r} "
+                "likelihood cannot model. Pass raw counts (e.g. `layers={...: 'counts'}`) or use "
+                "`likelihoods={...: 'normal'}` for transformed data."
+            )
+    if lik.requires_counts:
+        n_fractional = int((np.mod(values, 1) != 0).sum())
+        if n_fractional:
+            raise ValueError(
+                f"Modality {name!r} has {n_fractional} non-integer values but the {likelihood!r} "
+                "likelihood expects raw counts. Point `layers` at raw counts, round the data "
+                "(`np.round`), use `likelihoods={...: 'bernoulli'}` for binary accessibility, or "
+                "`'normal'` for normalised data."
+            )
+
+
+def observed_mask(mdata: MuData, mod_keys: Sequence[str]) -> np.ndarray:
+    """Boolean ``(n_cells, K)`` mask: cell i is observed in modality k if it is in its obs."""
+    mask = np.zeros((mdata.n_obs, len(mod_keys)), dtype=bool)
+    for k, key in enumerate(mod_keys):
+        mod_obs = mdata.mod[key].obs_names
+        if not mod_obs.is_unique:
+            raise ValueError(
+                f"mdata.mod[{key!r}] has duplicated obs_names. Make them unique "
+                "(`.obs_names_make_unique()`) before setup."
+            )
+        positions = mdata.obs_names.get_indexer(mod_obs)
+        if (positions < 0).any():
+            raise ValueError(
+                f"{int((positions < 0).sum())} cells of mdata.mod[{key!r}] are not in "
+                "mdata.obs_names. Call `mdata.update()` after changing a modality."
+            )
+        mask[positions, k] = True
+    return mask
+
+
+def _padded_rows(matrix, positions: np.ndarray, n_cells: int) -> sp.csr_matrix:
+    """Place the rows of ``matrix`` at ``positions`` of an otherwise empty sparse matrix."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    selector = sp.csr_matrix(
+        (np.ones(len(positions), dtype=np.float32), (positions, np.arange(len(positions)))),
+        shape=(n_cells, len(positions)),
+    )
+    return (selector @ matrix).tocsr()
+
+
+def _categorical_column(mdata: MuData, key: str, what: str) -> pd.Categorical:
+    column = _obs_column(mdata, key, what)
+    if column.isna().any():
+        raise ValueError(
+            f"{what} {key!r} has {int(column.isna().sum())} missing values in mdata.obs. Fill "
+            "them (e.g. with 'unknown') before setup."
+        )
+    # fresh categories: unused pandas categories would otherwise count as batches
+    return pd.Categorical(column.astype(str).to_numpy())
+
+
+def _obs_column(mdata: MuData, key: str, what: str) -> pd.Series:
+    if key in mdata.obs.columns:
+        return mdata.obs[key]
+    holders = [name for name, mod in mdata.mod.items() if key in mod.obs.columns]
+    if holders:
+        raise KeyError(
+            f"{what} {key!r} is in the obs of modality {holders[0]!r} but must be in mdata.obs "
+            f"(covariates are read per cell from the MuData). Copy it with "
+            f"`mdata.pull_obs([{key!r}], mods={holders[0]!r})` or "
+            f"`mdata.obs[{key!r}] = mdata.mod[{holders[0]!r}].obs[{key!r}]`."
+        )
+    raise KeyError(
+        f"{what} {key!r} is not a column of mdata.obs (columns: {list(mdata.obs.columns)})."
+    )
+
+
+def build_specs(
+    mdata: MuData,
+    modalities: Mapping[str, str] | Sequence[str] | None,
+    layers: Mapping[str, str | None] | None,
+    likelihoods: Mapping[str, str] | None,
+) -> list[ModalitySpec]:
+    """Resolve modality names, layers and likelihoods, validating each modality's data."""
+    mapping = resolve_modalities(mdata, modalities)
+    names = list(mapping)
+    layer_of = _as_name_mapping(layers, names, "`layers`")
+    likelihood_of = _as_name_mapping(likelihoods, names, "`likelihoods`")
+    specs = []
+    for name, key in mapping.items():
+        matrix = modality_matrix(mdata, key, layer_of[name])
+        likelihood = likelihood_of[name] or default_likelihood(name, matrix)
+        if likelihood not in LIKELIHOODS:
+            get_likelihood(likelihood)  # raises with the valid names
+        validate_matrix(name, matrix, likelihood)
+        specs.append(ModalitySpec(name, key, layer_of[name], likelihood, matrix.shape[1]))
+    return specs
+
+
+def assemble_mosaic(
+    mdata: MuData,
+    specs: Sequence[ModalitySpec],
+    batch_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+) -> ad.AnnData:
+    """Assemble the model-facing AnnData of a (possibly unpaired) MuData.
+
+    Parameters
+    ----------
+    mdata
+        The user's MuData (only read).
+    specs
+        Modalities from :func:`build_specs`.
+    batch_key, categorical_covariate_keys, continuous_covariate_keys
+        Columns of ``mdata.obs``.
+
+    Returns
+    -------
+    AnnData with one row per cell of ``mdata.obs_names``, features of all modalities side by side
+    as a sparse float32 matrix (``var["modality"]`` says which), the observed mask in
+    ``obsm["_mosaicvi_observed"]`` and the covariates in ``obs``.
+    """
+    mask = observed_mask(mdata, [spec.mod_key for spec in specs])
+    never_observed = [spec.name for spec, seen in zip(specs, mask.any(0)) if not seen]
+    if never_observed:
+        raise ValueError(
+            f"Modalities {never_observed} are observed in no cell. Remove them from `modalities`."
+        )
+    n_unobserved = int((~mask.any(1)).sum())
+    if n_unobserved:
+        raise ValueError(
+            f"{n_unobserved} cells of mdata.obs are observed in none of the registered "
+            "modalities. Subset the MuData to cells with data, e.g. `mdata[cells].copy()`."
+        )
+
+    blocks, var_frames = [], []
+    totals = np.zeros(mdata.n_obs)
+    for spec in specs:
+        mod = mdata.mod[spec.mod_key]
+        positions = mdata.obs_names.get_indexer(mod.obs_names)
+        block = _padded_rows(modality_matrix(mdata, spec.mod_key, spec.layer), positions, mdata.n_obs)
+        if get_likelihood(spec.likelihood).uses_library:
+            totals += np.asarray(block.sum(1)).ravel()
+        else:
+            totals += 1.0  # continuous or binary data always carries information
+        blocks.append(block)
+        var_frames.append(
+            pd.DataFrame(
+                {MODALITY_VAR_COLUMN: spec.name, "feature": mod.var_names.astype(str)},
+                index=[f"{spec.name}:{v}" for v in mod.var_names],
+            )
+        )
+    n_empty = int((totals == 0).sum())
+    if n_empty:
+        raise ValueError(
+            f"{n_empty} cells have zero counts in every observed modality. Filter them first, "
+            "e.g. with `scanpy.pp.filter_cells(adata, min_counts=1)` on each modality."
+        )
+
+    obs = pd.DataFrame(index=mdata.obs_names.astype(str))
+    if batch_key is not None:
+        obs[BATCH_COLUMN] = _categorical_column(mdata, batch_key, "batch_key")
+    for key in categorical_covariate_keys or []:
+        obs[key] = _categorical_column(mdata, key, "Categorical covariate")
+    for key in continuous_covariate_keys or []:
+        column = pd.to_numeric(_obs_column(mdata, key, "Continuous covariate"), errors="coerce")
+        if not np.isfinite(column.to_numpy(dtype=float)).all():
+            raise ValueError(
+                f"Continuous covariate {key!r} has non-numeric, NaN or infinite values."
+            )
+        obs[key] = column.to_numpy(dtype=np.float32)
+
+    assembled = ad.AnnData(
+        X=sp.hstack(blocks, format="csr", dtype=np.float32),
+        obs=obs,
+        var=pd.concat(var_frames),
+    )
+    assembled.obsm[OBSERVED_OBSM_KEY] = mask.astype(np.float32)
+    return assembled

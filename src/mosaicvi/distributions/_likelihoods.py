@@ -1,0 +1,192 @@
+"""Registry of per-modality likelihoods.
+
+Each likelihood knows how to turn a decoder's hidden layer into a torch distribution, how to
+encode its data for the encoder, and what its library-free expected value is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from torch import nn
+from torch.distributions import Bernoulli, Distribution, Normal, Poisson
+
+_EPS = 1e-8
+
+
+class Likelihood:
+    """Base class: the behaviour shared by a family of observation models."""
+
+    name: str = ""
+    #: data must be non-negative integers
+    requires_counts: bool = False
+    #: expected values scale with a per-cell, per-modality library size
+    uses_library: bool = False
+
+    def make_head(self, n_hidden: int, n_vars: int) -> nn.Module:
+        """Layer mapping the decoder's hidden state to this likelihood's parameters."""
+        raise NotImplementedError
+
+    def distribution(self, params: dict[str, torch.Tensor], library: torch.Tensor) -> Distribution:
+        """Observation distribution given head outputs and log-library ``(n, 1)``."""
+        raise NotImplementedError
+
+    def normalized_mean(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Expected value for a library size of 1 (proportions for counts)."""
+        raise NotImplementedError
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform of the raw data that the encoder reads."""
+        return x
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """Data the likelihood scores (e.g. binarised for Bernoulli)."""
+        return x
+
+
+class _ScaleHead(nn.Module):
+    """Softmax proportions per feature, plus optional dispersion and zero-inflation."""
+
+    def __init__(self, n_hidden: int, n_vars: int, dispersion: bool, zero_inflation: bool):
+        super().__init__()
+        self.scale = nn.Linear(n_hidden, n_vars)
+        self.log_theta = nn.Parameter(torch.zeros(n_vars)) if dispersion else None
+        self.zi_logits = nn.Linear(n_hidden, n_vars) if zero_inflation else None
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = {"scale": F.softmax(self.scale(h), dim=-1)}
+        if self.log_theta is not None:
+            params["theta"] = self.log_theta.exp().expand_as(params["scale"])
+        if self.zi_logits is not None:
+            params["zi_logits"] = self.zi_logits(h)
+        return params
+
+
+class NegativeBinomialLikelihood(Likelihood):
+    """Negative binomial with per-feature dispersion; mean = library x proportion."""
+
+    name = "nb"
+    requires_counts = True
+    uses_library = True
+
+    def make_head(self, n_hidden, n_vars):  # noqa: D102
+        return _ScaleHead(n_hidden, n_vars, dispersion=True, zero_inflation=False)
+
+    def distribution(self, params, library):  # noqa: D102
+        mu = params["scale"] * library.exp()
+        return NegativeBinomial(mu=mu + _EPS, theta=params["theta"])
+
+    def normalized_mean(self, params):  # noqa: D102
+        return params["scale"]
+
+    def encoder_input(self, x):  # noqa: D102
+        return torch.log1p(x)
+
+
+class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
+    """Zero-inflated negative binomial; expected value ``(1 - pi) * mu``."""
+
+    name = "zinb"
+
+    def make_head(self, n_hidden, n_vars):  # noqa: D102
+        return _ScaleHead(n_hidden, n_vars, dispersion=True, zero_inflation=True)
+
+    def distribution(self, params, library):  # noqa: D102
+        mu = params["scale"] * library.exp()
+        return ZeroInflatedNegativeBinomial(
+            mu=mu + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
+        )
+
+    def normalized_mean(self, params):  # noqa: D102
+        return params["scale"] * torch.sigmoid(-params["zi_logits"])
+
+
+class PoissonLikelihood(NegativeBinomialLikelihood):
+    """Poisson with rate = library x proportion (e.g. ATAC fragment counts)."""
+
+    name = "poisson"
+
+    def make_head(self, n_hidden, n_vars):  # noqa: D102
+        return _ScaleHead(n_hidden, n_vars, dispersion=False, zero_inflation=False)
+
+    def distribution(self, params, library):  # noqa: D102
+        return Poisson(params["scale"] * library.exp() + _EPS)
+
+
+class _LogitHead(nn.Module):
+    def __init__(self, n_hidden: int, n_vars: int):
+        super().__init__()
+        self.logits = nn.Linear(n_hidden, n_vars)
+
+    def forward(self, h):
+        return {"logits": self.logits(h)}
+
+
+class BernoulliLikelihood(Likelihood):
+    """Bernoulli on binarised data (any value > 0 counts as 1), e.g. peak accessibility."""
+
+    name = "bernoulli"
+
+    def make_head(self, n_hidden, n_vars):  # noqa: D102
+        return _LogitHead(n_hidden, n_vars)
+
+    def distribution(self, params, library):  # noqa: D102
+        return Bernoulli(logits=params["logits"])
+
+    def normalized_mean(self, params):  # noqa: D102
+        return torch.sigmoid(params["logits"])
+
+    def encoder_input(self, x):  # noqa: D102
+        return (x > 0).to(x.dtype)
+
+    def target(self, x):  # noqa: D102
+        return (x > 0).to(x.dtype)
+
+
+class _GaussianHead(nn.Module):
+    def __init__(self, n_hidden: int, n_vars: int):
+        super().__init__()
+        self.mean = nn.Linear(n_hidden, n_vars)
+        self.log_scale = nn.Parameter(torch.zeros(n_vars))
+
+    def forward(self, h):
+        mean = self.mean(h)
+        return {"mean": mean, "scale": self.log_scale.exp().expand_as(mean)}
+
+
+class NormalLikelihood(Likelihood):
+    """Gaussian with per-feature scale, for continuous data (CLR, z-scores, LSI)."""
+
+    name = "normal"
+
+    def make_head(self, n_hidden, n_vars):  # noqa: D102
+        return _GaussianHead(n_hidden, n_vars)
+
+    def distribution(self, params, library):  # noqa: D102
+        return Normal(params["mean"], params["scale"] + 1e-4)
+
+    def normalized_mean(self, params):  # noqa: D102
+        return params["mean"]
+
+
+LIKELIHOODS: dict[str, Likelihood] = {
+    lik.name: lik
+    for lik in (
+        NegativeBinomialLikelihood(),
+        ZeroInflatedNegativeBinomialLikelihood(),
+        PoissonLikelihood(),
+        BernoulliLikelihood(),
+        NormalLikelihood(),
+    )
+}
+
+
+def get_likelihood(name: str) -> Likelihood:
+    """Look up a likelihood by name, with an error listing the valid names."""
+    try:
+        return LIKELIHOODS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown likelihood {name!r}. Choose one of {sorted(LIKELIHOODS)}."
+        ) from None

@@ -1,0 +1,456 @@
+"""Data registration, outputs and loading shared by every mosaicvi model."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+    ObsmField,
+)
+from scvi.model._utils import _get_batch_code_from_category, parse_device_args
+from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
+
+from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs
+from mosaicvi.data._constants import BATCH_COLUMN, MODALITY_VAR_COLUMN, OBSERVED_OBSM_KEY
+from mosaicvi.distributions import get_likelihood
+
+logger = logging.getLogger("mosaicvi")
+
+# (model class, id(mdata)) -> (weak reference to the user's MuData, assembled AnnData).
+# The user's MuData is never written to, so the link to its assembled form lives here.
+_ASSEMBLED: dict[tuple[str, int], tuple[weakref.ref, ad.AnnData]] = {}
+
+
+def _remember(cls: type, mdata: MuData, assembled: ad.AnnData) -> None:
+    for key in [k for k, (ref, _) in _ASSEMBLED.items() if ref() is None]:
+        del _ASSEMBLED[key]  # forget MuData objects that no longer exist
+    _ASSEMBLED[(cls.__name__, id(mdata))] = (weakref.ref(mdata), assembled)
+
+
+def _recall(cls: type, mdata: MuData) -> ad.AnnData | None:
+    entry = _ASSEMBLED.get((cls.__name__, id(mdata)))
+    if entry is None or entry[0]() is not mdata:
+        return None
+    return entry[1]
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+class MosaicModelMixin:
+    """Registration of MuData (paired or mosaic), latent and imputation outputs, save/load.
+
+    Models using it work on an assembled AnnData (see :func:`mosaicvi.data.assemble_mosaic`);
+    users only ever pass their MuData.
+    """
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        modalities: Mapping[str, str] | Sequence[str] | None = None,
+        layers: Mapping[str, str | None] | None = None,
+        likelihoods: Mapping[str, str] | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData whose modalities may cover different cells.
+
+        A cell is *observed* in a modality when it is among that modality's ``obs_names``; cells
+        missing from a modality are treated as unobserved there (not as zeros). The MuData is
+        only read: nothing is added to it.
+
+        Parameters
+        ----------
+        mdata
+            MuData with two or more modalities. Covariates are columns of ``mdata.obs``.
+        modalities
+            ``{name: key of mdata.mod}`` (e.g. ``{"rna": "rna", "adt": "prot"}``), a list of
+            keys, or ``None`` for every modality.
+        layers
+            ``{name: layer}``; modalities not named read ``X``.
+        likelihoods
+            ``{name: "nb" | "zinb" | "poisson" | "bernoulli" | "normal"}``. Defaults: ``nb`` for
+            RNA- and protein-like names, ``poisson`` for ATAC-like names, otherwise ``nb`` for
+            integer data and ``normal`` for anything else. The choice is logged and shown by
+            ``model.modality_specs``.
+        batch_key
+            Column of ``mdata.obs`` with the batch of each cell.
+        categorical_covariate_keys, continuous_covariate_keys
+            Further columns of ``mdata.obs`` that decoders (and encoders) condition on.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+        """
+        specs = build_specs(mdata, modalities, layers, likelihoods)
+        setup_method_args = cls._get_setup_method_args(
+            cls=cls,
+            mdata=mdata,
+            modalities={s.name: s.mod_key for s in specs},
+            layers={s.name: s.layer for s in specs},
+            likelihoods={s.name: s.likelihood for s in specs},
+            batch_key=batch_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
+        assembled = assemble_mosaic(
+            mdata, specs, batch_key, categorical_covariate_keys, continuous_covariate_keys
+        )
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
+            CategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, BATCH_COLUMN if batch_key is not None else None
+            ),
+            ObsmField(OBSERVED_KEY, OBSERVED_OBSM_KEY),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(assembled, **kwargs)
+        cls.register_manager(manager)
+        _remember(cls, mdata, assembled)
+        mask = assembled.obsm[OBSERVED_OBSM_KEY].astype(bool)
+        for k, spec in enumerate(specs):
+            logger.info(
+                "%s: mdata.mod[%r]%s, likelihood %r, %d features, observed in %d of %d cells",
+                spec.name,
+                spec.mod_key,
+                f".layers[{spec.layer!r}]" if spec.layer else ".X",
+                spec.likelihood,
+                spec.n_vars,
+                int(mask[:, k].sum()),
+                mask.shape[0],
+            )
+
+    @classmethod
+    def setup_anndata(cls, adata, *args, **kwargs):
+        """Not supported: mosaicvi models are multimodal; use :meth:`setup_mudata`."""
+        raise TypeError(
+            f"{cls.__name__} works on MuData. Build one with `mudata.MuData({{'rna': rna, "
+            f"'adt': adt}})` and call `{cls.__name__}.setup_mudata`."
+        )
+
+    @classmethod
+    def _assembled_for(cls, mdata: MuData) -> ad.AnnData:
+        if isinstance(mdata, ad.AnnData) and OBSERVED_OBSM_KEY in mdata.obsm:
+            return mdata  # already an assembled object (internal use)
+        assembled = _recall(cls, mdata) if isinstance(mdata, MuData) else None
+        if assembled is None:
+            raise ValueError(
+                f"This MuData has not been registered. Call `{cls.__name__}.setup_mudata(mdata, "
+                "modalities=..., batch_key=...)` first."
+            )
+        return assembled
+
+    def _init_mosaic(self, mdata: MuData) -> ad.AnnData:
+        """Resolve the user's MuData to its assembled AnnData (call before BaseModelClass init)."""
+        assembled = self._assembled_for(mdata)
+        self._mdata = mdata if isinstance(mdata, MuData) else None
+        return assembled
+
+    @property
+    def mdata(self) -> MuData | None:
+        """The MuData the model was created with."""
+        return self._mdata
+
+    @property
+    def modality_specs(self) -> list[ModalitySpec]:
+        """Registered modalities: name, key in ``mdata.mod``, layer, likelihood, features."""
+        args = self.registry_[_SETUP_ARGS_KEY]
+        var = self.adata.var if self.adata is not None else None
+        specs = []
+        for name, key in args["modalities"].items():
+            n_vars = int((var[MODALITY_VAR_COLUMN] == name).sum()) if var is not None else 0
+            specs.append(
+                ModalitySpec(name, key, args["layers"][name], args["likelihoods"][name], n_vars)
+            )
+        return specs
+
+    @property
+    def modalities(self) -> list[str]:
+        """Names of the registered modalities."""
+        return list(self.registry_[_SETUP_ARGS_KEY]["modalities"])
+
+    def modality_var_names(self, modality: str) -> pd.Index:
+        """Feature names of one modality, as in the user's MuData."""
+        self._check_modality(modality)
+        var = self.adata.var
+        return pd.Index(var.loc[var[MODALITY_VAR_COLUMN] == modality, "feature"].to_numpy())
+
+    def _check_modality(self, modality: str) -> int:
+        if modality not in self.modalities:
+            raise KeyError(
+                f"Unknown modality {modality!r}; this model has {self.modalities}."
+            )
+        return self.modalities.index(modality)
+
+    # ------------------------------------------------------------------ data resolution
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True) -> ad.AnnData:
+        """Return the assembled AnnData for ``adata`` (a MuData, or None for the training data).
+
+        An unseen MuData is assembled with the model's registration (same modalities, layers,
+        likelihoods and covariate categories); its features must match the model's.
+        """
+        if adata is None:
+            return super()._validate_anndata(None, copy_if_view)
+        if isinstance(adata, MuData):
+            assembled = _recall(type(self), adata)
+            if assembled is None:
+                assembled = self._assemble_like_training(adata)
+            adata = assembled
+        return super()._validate_anndata(adata, copy_if_view)
+
+    def _assemble_like_training(self, mdata: MuData) -> ad.AnnData:
+        args = self.registry_[_SETUP_ARGS_KEY]
+        for spec in self.modality_specs:
+            if spec.mod_key not in mdata.mod:
+                raise KeyError(
+                    f"Modality {spec.mod_key!r} (model modality {spec.name!r}) is not in this "
+                    f"MuData, which has {list(mdata.mod)}."
+                )
+            given = mdata.mod[spec.mod_key].var_names
+            expected = self.modality_var_names(spec.name)
+            if not given.equals(expected):
+                n_missing = len(expected.difference(given))
+                raise ValueError(
+                    f"The features of modality {spec.name!r} differ from the model's "
+                    f"({n_missing} of {len(expected)} model features missing, "
+                    f"{len(given.difference(expected))} extra, or a different order). Reorder "
+                    f"or subset them to `model.modality_var_names({spec.name!r})`."
+                )
+        specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
+        assembled = assemble_mosaic(
+            mdata,
+            specs,
+            args["batch_key"],
+            args["categorical_covariate_keys"],
+            args["continuous_covariate_keys"],
+        )
+        _remember(type(self), mdata, assembled)
+        return assembled
+
+    def _use_modalities(
+        self, modalities: str | Sequence[str] | None, observed: np.ndarray
+    ) -> torch.Tensor | None:
+        """0/1 selector over modalities, checking every cell has at least one of them."""
+        if modalities is None:
+            return None
+        selected = [self._check_modality(m) for m in _names(modalities)]
+        selector = np.zeros(len(self.modalities), dtype=np.float32)
+        selector[selected] = 1.0
+        lacking = int(((observed * selector).sum(1) == 0).sum())
+        if lacking:
+            raise ValueError(
+                f"{lacking} of the requested cells have none of the modalities "
+                f"{_names(modalities)}. Pass `indices` of cells that have them."
+            )
+        return torch.as_tensor(selector)
+
+    def _observed(self, adata: ad.AnnData, indices) -> np.ndarray:
+        mask = adata.obsm[OBSERVED_OBSM_KEY]
+        return mask if indices is None else mask[np.asarray(indices)]
+
+    # ------------------------------------------------------------------ outputs
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        modality: str | Sequence[str] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Joint latent representation, or the latent inferred from some modalities only.
+
+        Parameters
+        ----------
+        adata
+            A MuData registered with (or shaped like) the training data; ``None`` for the
+            training data.
+        indices
+            Cells to use (positions in ``adata``); all by default.
+        modality
+            ``None`` for the joint posterior over each cell's observed modalities, or a modality
+            name (or names) to embed from those modalities only.
+        give_mean
+            Posterior mean (default) instead of one sample.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        ``(n_cells, n_latent)`` array, rows in the order of ``adata.obs_names[indices]``.
+        """
+        adata = self._validate_anndata(adata)
+        use = self._use_modalities(modality, self._observed(adata, indices))
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        latents = []
+        for tensors in loader:
+            inputs = self.module._get_inference_input(tensors)
+            outputs = self.module.inference(**inputs, use_modalities=use)
+            latents.append(outputs["qz_mean"] if give_mean else outputs["z"])
+        return torch.cat(latents).cpu().numpy()
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        modality: str | None = None,
+        transform_batch: str | Sequence[str] | None = None,
+        n_samples: int = 1,
+        library_size: float | Literal["latent"] = 1,
+        return_mean: bool = True,
+        batch_size: int | None = None,
+        from_modalities: str | Sequence[str] | None = None,
+    ) -> pd.DataFrame | np.ndarray:
+        """Expected values of one modality decoded from the joint latent (imputation).
+
+        Cells that lack ``modality`` get it imputed from the modalities they have.
+
+        Parameters
+        ----------
+        adata
+            Registered MuData, or ``None`` for the training data.
+        indices
+            Cells to use; all by default.
+        modality
+            Modality to decode (required when the model has more than one output).
+        transform_batch
+            Decode as if every cell came from this batch (or the mean over several batches);
+            ``None`` keeps each cell's batch.
+        n_samples
+            With 1, decode the posterior mean of z (deterministic). With more, decode that many
+            posterior samples.
+        library_size
+            Count likelihoods only: ``1`` gives proportions that sum to 1 per cell; a number
+            rescales them; ``"latent"`` uses each cell's observed library of that modality, or
+            the mean library of the cell's batch where the modality is unobserved.
+        return_mean
+            Average over samples; with ``False`` and ``n_samples > 1`` an array of shape
+            ``(n_samples, n_cells, n_features)`` is returned.
+        batch_size
+            Minibatch size for inference.
+        from_modalities
+            Infer z from these modalities only (e.g. predict protein from RNA for paired cells).
+
+        Returns
+        -------
+        DataFrame ``cells x features`` (the modality's ``var_names``), or a samples-first array.
+        """
+        if modality is None:
+            raise ValueError(f"Pass `modality=`, one of {self.modalities}.")
+        k = self._check_modality(modality)
+        likelihood = get_likelihood(self.modality_specs[k].likelihood)
+        if library_size != 1 and not likelihood.uses_library:
+            raise ValueError(
+                f"library_size applies to count likelihoods; {modality!r} uses "
+                f"{likelihood.name!r}. Leave library_size=1."
+            )
+        if isinstance(library_size, str) and library_size != "latent":
+            raise ValueError("library_size must be a number or 'latent'.")
+
+        adata = self._validate_anndata(adata)
+        observed = self._observed(adata, indices)
+        use = self._use_modalities(from_modalities, observed)
+        if transform_batch is None:
+            batch_codes = [None]
+        else:
+            batch_codes = _get_batch_code_from_category(
+                self.get_anndata_manager(adata, required=True), _names(transform_batch)
+            )
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        chunks = []
+        for tensors in loader:
+            inputs = self.module._get_inference_input(tensors)
+            outputs = self.module.inference(**inputs, use_modalities=use, n_samples=n_samples)
+            z = outputs["qz_mean"] if n_samples == 1 else outputs["z"]
+            batch_index = inputs["batch_index"]
+            per_batch = []
+            for code in batch_codes:
+                decode_batch = batch_index if code is None else torch.full_like(batch_index, code)
+                params = self.module.decoder_parameters(
+                    k, z, decode_batch, inputs["cat_covs"], inputs["cont_covs"]
+                )
+                per_batch.append(likelihood.normalized_mean(params))
+            values = torch.stack(per_batch).mean(0)
+            if library_size == "latent":
+                values = values * self._library(outputs, inputs, k).exp()
+            elif library_size != 1:
+                values = values * float(library_size)
+            chunks.append(values if n_samples > 1 else values.unsqueeze(0))
+        samples = torch.cat(chunks, dim=1).cpu().numpy()
+        if not return_mean and n_samples > 1:
+            return samples
+        obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+        return pd.DataFrame(
+            samples.mean(0), index=obs_names, columns=self.modality_var_names(modality)
+        )
+
+    def _library(self, outputs: dict, inputs: dict, k: int) -> torch.Tensor:
+        """Observed log library of modality k, or the batch mean where it is unobserved."""
+        observed = inputs["observed"][:, [k]]
+        batch_mean = self.module.library_log_means[k][inputs["batch_index"].long().ravel()]
+        return observed * outputs["library"][:, [k]] + (1 - observed) * batch_mean.unsqueeze(1)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: MuData,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a saved model and attach it to a MuData shaped like its training data.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            MuData with the same modalities and features as the training data.
+        accelerator, device
+            Where to put the model.
+        prefix
+            Prefix of the saved file names.
+        """
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator, devices=device, return_device="torch",
+            validate_single_device=True,
+        )
+        attr_dict, var_names, state_dict, _ = _load_saved_files(
+            dir_path, False, prefix=prefix, map_location=torch_device
+        )
+        registry = attr_dict.pop("registry_")
+        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry.get(_MODEL_NAME_KEY)} model, not a {cls.__name__}."
+            )
+        cls.setup_mudata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+        _validate_var_names(cls._assembled_for(adata), var_names)
+        model = _initialize_model(cls, adata, registry, attr_dict, None)
+        state_dict.pop("pyro_param_store", None)
+        model.module.load_state_dict(state_dict)
+        model.to_device(torch_device)
+        model.module.eval()
+        return model

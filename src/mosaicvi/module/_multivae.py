@@ -1,0 +1,322 @@
+"""MultiVAE: product/mixture-of-experts VAE over any number of modalities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from mosaicvi.data import OBSERVED_KEY, ModalitySpec
+from mosaicvi.distributions import MIXINGS, get_likelihood, groupwise_mmd
+from mosaicvi.nn import ModalityDecoder, ModalityEncoder
+
+IntegrationLoss = Literal["latent", "marginal"]
+
+
+class MultiVAEModule(BaseModuleClass):
+    """Multimodal VAE with a joint posterior over the *observed* modalities of each cell.
+
+    Every modality k has an encoder ``q(z | x_k)`` and a decoder ``p(x_k | z, covariates)``. The
+    joint posterior combines the observed experts by a product of experts with the N(0, I) prior
+    expert (``mixing="poe"``) or by their mixture mean (``"moe"``). With ``unimodal_weight > 0``
+    each single-modality posterior of a multi-modal cell is trained to reconstruct all of the
+    cell's observed modalities too (subset ELBO), so that a cell embedded from one modality lands
+    near its joint embedding.
+
+    Parameters
+    ----------
+    modalities
+        One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
+    n_batch
+        Number of batches.
+    n_cats_per_cov
+        Categories of each extra categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates (concatenated to encoder and decoder inputs).
+    n_latent, n_hidden, n_layers, dropout_rate
+        Architecture (LayerNorm and LeakyReLU throughout).
+    mixing
+        ``"poe"`` or ``"moe"``.
+    encode_covariates
+        Condition the encoders on batch and categorical covariates too.
+    unimodal_weight
+        Weight of the subset-ELBO term over single-modality posteriors (0 disables it).
+    integration_loss
+        ``"latent"``: MMD between batches of the joint latents; ``"marginal"``: MMD between the
+        single-modality latents of different modalities; ``None``: no MMD.
+    library_log_means
+        ``(K, n_batch)`` mean log library size of each modality per batch; used as the library of
+        cells that lack a modality when imputing at ``library_size="latent"``.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[ModalitySpec],
+        n_batch: int = 1,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        n_latent: int = 16,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.2,
+        mixing: Literal["poe", "moe"] = "poe",
+        encode_covariates: bool = True,
+        unimodal_weight: float = 1.0,
+        integration_loss: IntegrationLoss | None = "latent",
+        library_log_means: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {mixing!r}.")
+        if integration_loss not in (None, "latent", "marginal"):
+            raise ValueError(
+                f"integration_loss must be 'latent', 'marginal' or None, got {integration_loss!r}."
+            )
+        self.modalities = list(modalities)
+        self.n_latent = n_latent
+        self.n_batch = n_batch
+        self.mixing = mixing
+        self.unimodal_weight = unimodal_weight
+        self.integration_loss = integration_loss
+        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
+        bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+        n_cat_list = [n_batch] + list(n_cats_per_cov or [])
+        encoder_cats = n_cat_list if encode_covariates else None
+        self.encode_covariates = encode_covariates
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(
+                spec.n_vars + n_continuous_cov * encode_covariates,
+                n_latent,
+                lik,
+                n_cat_list=encoder_cats,
+                n_hidden=n_hidden,
+                n_layers=n_layers,
+                dropout_rate=dropout_rate,
+            )
+            for spec, lik in zip(self.modalities, self.likelihoods)
+        )
+        self.decoders = nn.ModuleList(
+            ModalityDecoder(
+                n_latent + n_continuous_cov,
+                spec.n_vars,
+                lik,
+                n_cat_list=n_cat_list,
+                n_hidden=n_hidden,
+                n_layers=n_layers,
+                dropout_rate=dropout_rate,
+            )
+            for spec, lik in zip(self.modalities, self.likelihoods)
+        )
+        if library_log_means is None:
+            library_log_means = torch.zeros(len(self.modalities), n_batch)
+        self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float())
+
+    # ---------------------------------------------------------------- plumbing
+    @staticmethod
+    def _covariates(tensors: dict) -> dict:
+        return {
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "observed": tensors[OBSERVED_KEY],
+            **self._covariates(tensors),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "z": inference_outputs["z"],
+            "library": inference_outputs["library"],
+            **self._covariates(tensors),
+        }
+
+    @staticmethod
+    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
+        cats = [batch_index]
+        if cat_covs is not None:
+            cats.extend(torch.split(cat_covs, 1, dim=1))
+        return cats
+
+    def log_library(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
+        return torch.stack(
+            [torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1
+        )
+
+    def combine(
+        self, expert_means: torch.Tensor, expert_vars: torch.Tensor, observed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joint posterior mean and variance over the experts marked in ``observed``."""
+        return MIXINGS[self.mixing](expert_means, expert_vars, observed)
+
+    # ---------------------------------------------------------------- inference
+    @auto_move_data
+    def inference(
+        self,
+        x: torch.Tensor,
+        observed: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+        use_modalities: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """Encode every modality and combine the observed experts.
+
+        ``use_modalities`` (a 0/1 tensor of length K) restricts the joint posterior to some
+        modalities, e.g. to embed cells from RNA alone.
+        """
+        cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
+        enc_cont = cont_covs if self.encode_covariates else None
+        means, variances = zip(
+            *(
+                encoder(x[:, s], *cats, cont_covs=enc_cont)
+                for encoder, s in zip(self.encoders, self.slices)
+            )
+        )
+        expert_means, expert_vars = torch.stack(means), torch.stack(variances)
+        mask = observed if use_modalities is None else observed * use_modalities.to(observed)
+        qz_mean, qz_var = self.combine(expert_means, expert_vars, mask)
+        qz = Normal(qz_mean, qz_var.sqrt())
+        z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
+        return {
+            "z": z,
+            "qz_mean": qz_mean,
+            "qz_var": qz_var,
+            "expert_means": expert_means,
+            "expert_vars": expert_vars,
+            "library": self.log_library(x),
+            "observed": mask,
+        }
+
+    # ---------------------------------------------------------------- generative
+    def decoder_parameters(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters of modality ``k`` decoded from ``z``."""
+        return self.decoders[k].parameters_for(
+            z, *self._cat_list(batch_index, cat_covs), cont_covs=cont_covs
+        )
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, dict]:
+        """Observation distribution of every modality given ``z``."""
+        cats = self._cat_list(batch_index, cat_covs)
+        px = {
+            spec.name: decoder(z, library[:, [k]], *cats, cont_covs=cont_covs)
+            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
+        }
+        return {"px": px}
+
+    # ---------------------------------------------------------------- loss
+    def _reconstruction(
+        self, x: torch.Tensor, px: dict, observed: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Negative log-likelihood per cell and modality, zero where unobserved."""
+        losses = {}
+        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
+            target = lik.target(x[:, self.slices[k]])
+            losses[spec.name] = -px[spec.name].log_prob(target).sum(-1) * observed[:, k]
+        return losses
+
+    def _unimodal_elbos(
+        self, tensors: dict, inference_outputs: dict, kl_weight: float
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Subset ELBO over single-modality posteriors, per cell (mean over its modalities).
+
+        Returns the per-cell loss and the single-modality latent samples (for marginal MMD).
+        """
+        observed = inference_outputs["observed"]
+        n_observed = observed.sum(1)
+        multimodal = (n_observed > 1).to(observed)
+        covariates = self._covariates(tensors)
+        per_cell = torch.zeros_like(n_observed)
+        samples = []
+        for k in range(len(self.modalities)):
+            only_k = torch.zeros_like(observed)
+            only_k[:, k] = observed[:, k]
+            mean, var = self.combine(
+                inference_outputs["expert_means"], inference_outputs["expert_vars"], only_k
+            )
+            qz = Normal(mean, var.sqrt())
+            z = qz.rsample()
+            samples.append(z)
+            if self.unimodal_weight == 0:
+                continue
+            px = self.generative(z, inference_outputs["library"], **covariates)["px"]
+            recon = sum(self._reconstruction(tensors[REGISTRY_KEYS.X_KEY], px, observed).values())
+            kl = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
+            per_cell = per_cell + observed[:, k] * multimodal * (recon + kl_weight * kl)
+        return per_cell / n_observed.clamp_min(1.0), samples
+
+    def _integration_penalty(
+        self, tensors: dict, inference_outputs: dict, unimodal_z: list[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.integration_loss == "latent":
+            return groupwise_mmd(inference_outputs["z"], tensors[REGISTRY_KEYS.BATCH_KEY].ravel())
+        # marginal: pool single-modality latents, grouped by the modality they came from
+        observed = inference_outputs["observed"].bool()
+        points = torch.cat([z[observed[:, k]] for k, z in enumerate(unimodal_z)])
+        groups = torch.cat(
+            [
+                torch.full((int(observed[:, k].sum()),), k, device=points.device)
+                for k in range(len(unimodal_z))
+            ]
+        )
+        return groupwise_mmd(points, groups)
+
+    def loss(
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+        mmd_weight: float = 0.0,
+    ) -> LossOutput:
+        """Joint ELBO + ``unimodal_weight`` x subset ELBO + ``mmd_weight`` x MMD."""
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        observed = inference_outputs["observed"]
+        reconstruction = self._reconstruction(x, generative_outputs["px"], observed)
+        qz = Normal(inference_outputs["qz_mean"], inference_outputs["qz_var"].sqrt())
+        kl_joint = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
+        per_cell = sum(reconstruction.values()) + kl_weight * kl_joint
+
+        unimodal, unimodal_z = self._unimodal_elbos(tensors, inference_outputs, kl_weight)
+        per_cell = per_cell + self.unimodal_weight * unimodal
+
+        mmd = x.new_zeros(())
+        if self.integration_loss is not None and mmd_weight > 0:
+            mmd = self._integration_penalty(tensors, inference_outputs, unimodal_z)
+        loss = per_cell.mean() + mmd_weight * mmd
+
+        extra = {f"reconstruction_loss_{name}": r.mean() for name, r in reconstruction.items()}
+        extra.update({"kl_joint": kl_joint.mean(), "unimodal_loss": unimodal.mean(), "mmd": mmd})
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction,
+            kl_local=kl_joint,
+            extra_metrics={k: v.detach() for k, v in extra.items()},
+        )

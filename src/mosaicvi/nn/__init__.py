@@ -1,0 +1,5 @@
+"""Neural-network building blocks."""
+
+from ._modality import ModalityDecoder, ModalityEncoder
+
+__all__ = ["ModalityEncoder", "ModalityDecoder"]
