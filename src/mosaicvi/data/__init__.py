@@ -9,6 +9,7 @@ from ._mosaic import (
     observed_mask,
     validate_matrix,
 )
+from ._simulate import simulate
 
 __all__ = [
     "OBSERVED_KEY",
@@ -18,11 +19,5 @@ __all__ = [
     "default_likelihood",
     "observed_mask",
     "validate_matrix",
+    "simulate",
 ]
-
-try:  # the simulator is optional while it is being written
-    from ._simulate import simulate  # noqa: F401
-
-    __all__.append("simulate")
-except ImportError:  # pragma: no cover
-    pass

@@ -280,7 +280,9 @@ def assemble_mosaic(
     for spec in specs:
         mod = mdata.mod[spec.mod_key]
         positions = mdata.obs_names.get_indexer(mod.obs_names)
-        block = _padded_rows(modality_matrix(mdata, spec.mod_key, spec.layer), positions, mdata.n_obs)
+        block = _padded_rows(
+            modality_matrix(mdata, spec.mod_key, spec.layer), positions, mdata.n_obs
+        )
         if get_likelihood(spec.likelihood).uses_library:
             totals += np.asarray(block.sum(1)).ravel()
         else:

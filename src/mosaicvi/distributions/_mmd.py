@@ -23,9 +23,7 @@ def mmd(x: torch.Tensor, y: torch.Tensor, gammas=DEFAULT_GAMMAS) -> torch.Tensor
     )
 
 
-def groupwise_mmd(
-    z: torch.Tensor, groups: torch.Tensor, min_group_size: int = 2
-) -> torch.Tensor:
+def groupwise_mmd(z: torch.Tensor, groups: torch.Tensor, min_group_size: int = 2) -> torch.Tensor:
     """Sum of MMD^2 over all pairs of groups present in the minibatch.
 
     Parameters

@@ -197,9 +197,7 @@ class MosaicModelMixin:
 
     def _check_modality(self, modality: str) -> int:
         if modality not in self.modalities:
-            raise KeyError(
-                f"Unknown modality {modality!r}; this model has {self.modalities}."
-            )
+            raise KeyError(f"Unknown modality {modality!r}; this model has {self.modalities}.")
         return self.modalities.index(modality)
 
     # ------------------------------------------------------------------ data resolution
@@ -435,7 +433,9 @@ class MosaicModelMixin:
             Prefix of the saved file names.
         """
         _, _, torch_device = parse_device_args(
-            accelerator=accelerator, devices=device, return_device="torch",
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
             validate_single_device=True,
         )
         attr_dict, var_names, state_dict, _ = _load_saved_files(

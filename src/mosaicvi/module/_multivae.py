@@ -150,9 +150,7 @@ class MultiVAEModule(BaseModuleClass):
 
     def log_library(self, x: torch.Tensor) -> torch.Tensor:
         """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
-        return torch.stack(
-            [torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1
-        )
+        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
 
     def combine(
         self, expert_means: torch.Tensor, expert_vars: torch.Tensor, observed: torch.Tensor
