@@ -80,8 +80,9 @@ class NegativeBinomialLikelihood(Likelihood):
     def normalized_mean(self, params):  # noqa: D102
         return params["scale"]
 
-    def encoder_input(self, x):  # noqa: D102
-        return torch.log1p(x)
+    def encoder_input(self, x):
+        """log1p of counts per 10,000, so sequencing depth does not shape the latent."""
+        return torch.log1p(1e4 * x / x.sum(-1, keepdim=True).clamp_min(1.0))
 
 
 class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):

@@ -126,7 +126,7 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         devices: int | list[int] | str = "auto",
         train_size: float = 0.9,
         validation_size: float | None = None,
-        batch_size: int = 256,
+        batch_size: int = 128,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -148,7 +148,9 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             (default 20) epochs.
         plan_kwargs
             :class:`~mosaicvi.train.MultiVAETrainingPlan` options: ``lr`` (1e-3),
-            ``weight_decay``, ``mmd_weight`` (default 1.0), ``max_kl_weight`` (1.0),
+            ``weight_decay``, ``mmd_weight`` (default 1.0), ``max_kl_weight`` (0.1: on
+            real CITE-seq it gave better cell-type separation and unimodal-to-joint agreement
+            than 1.0),
             ``n_epochs_kl_warmup`` (a quarter of ``max_epochs``, at most 50).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
@@ -158,6 +160,7 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs = {
             "lr": 1e-3,
             "mmd_weight": 1.0,
+            "max_kl_weight": 0.1,
             "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
             **(plan_kwargs or {}),
         }
