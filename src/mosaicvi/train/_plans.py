@@ -24,11 +24,11 @@ class MultiVAETrainingPlan(TrainingPlan):
         super().__init__(module, **kwargs)
         self.loss_kwargs.update({"mmd_weight": mmd_weight})
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         """Put the module in train mode.
 
         scvi-tools leaves modules in eval mode after training or loading, and Lightning restores
         that mode, so a second ``train()`` would otherwise run without dropout.
         """
-        super().on_train_start()
+        super().on_fit_start()
         self.module.train()
