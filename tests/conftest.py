@@ -50,3 +50,11 @@ def shared_data(shared_data_dir: Path) -> Path:
 def shared_data_file():
     """Factory fixture: ``shared_data_file("x.h5mu")`` returns the path or skips the test."""
     return require_shared_data
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    """Same random state for every test, whatever order the tests run in."""
+    import scvi
+
+    scvi.settings.seed = 0

@@ -204,20 +204,22 @@ class MosaicModelMixin:
     def _validate_anndata(self, adata=None, copy_if_view: bool = True) -> ad.AnnData:
         """Return the assembled AnnData for ``adata`` (a MuData, or None for the training data).
 
-        An unseen MuData is assembled with the model's registration (same modalities, layers,
-        likelihoods and covariate categories); its features must match the model's.
+        Another MuData must have the model's modalities and features; an unregistered one is
+        assembled with the model's registration (layers, likelihoods, covariate categories).
         """
         if adata is None:
             return super()._validate_anndata(None, copy_if_view)
         if isinstance(adata, MuData):
-            assembled = _recall(type(self), adata)
-            if assembled is None:
-                assembled = self._assemble_like_training(adata)
-            adata = assembled
+            mdata = adata
+            if mdata is not self._mdata:
+                self._check_features(mdata)
+            adata = _recall(type(self), mdata)
+            if adata is None:
+                adata = self._assemble_like_training(mdata)
         return super()._validate_anndata(adata, copy_if_view)
 
-    def _assemble_like_training(self, mdata: MuData) -> ad.AnnData:
-        args = self.registry_[_SETUP_ARGS_KEY]
+    def _check_features(self, mdata: MuData) -> None:
+        """Same modalities and the same features, in the same order, as the training data."""
         for spec in self.modality_specs:
             if spec.mod_key not in mdata.mod:
                 raise KeyError(
@@ -227,13 +229,15 @@ class MosaicModelMixin:
             given = mdata.mod[spec.mod_key].var_names
             expected = self.modality_var_names(spec.name)
             if not given.equals(expected):
-                n_missing = len(expected.difference(given))
                 raise ValueError(
                     f"The features of modality {spec.name!r} differ from the model's "
-                    f"({n_missing} of {len(expected)} model features missing, "
-                    f"{len(given.difference(expected))} extra, or a different order). Reorder "
-                    f"or subset them to `model.modality_var_names({spec.name!r})`."
+                    f"({len(expected.difference(given))} of {len(expected)} model features "
+                    f"missing, {len(given.difference(expected))} extra, or a different order). "
+                    f"Reorder or subset them to `model.modality_var_names({spec.name!r})`."
                 )
+
+    def _assemble_like_training(self, mdata: MuData) -> ad.AnnData:
+        args = self.registry_[_SETUP_ARGS_KEY]
         specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
         assembled = assemble_mosaic(
             mdata,
