@@ -344,8 +344,8 @@ class MosaicModelMixin:
             posterior samples.
         library_size
             Count likelihoods only: ``1`` gives proportions that sum to 1 per cell; a number
-            rescales them; ``"latent"`` uses each cell's observed library of that modality, or
-            the mean library of the cell's batch where the modality is unobserved.
+            rescales them; ``"latent"`` uses each cell's observed library of that modality, or,
+            where the modality is unobserved, the library predicted from the cell's latent.
         return_mean
             Average over samples; with ``False`` and ``n_samples > 1`` an array of shape
             ``(n_samples, n_cells, n_features)`` is returned.
@@ -395,7 +395,7 @@ class MosaicModelMixin:
                 per_batch.append(likelihood.normalized_mean(params))
             values = torch.stack(per_batch).mean(0)
             if library_size == "latent":
-                values = values * self._library(outputs, inputs, k).exp()
+                values = values * self._library(z, inputs, outputs["library"], k).exp()
             elif library_size != 1:
                 values = values * float(library_size)
             chunks.append(values if n_samples > 1 else values.unsqueeze(0))
@@ -407,11 +407,11 @@ class MosaicModelMixin:
             samples.mean(0), index=obs_names, columns=self.modality_var_names(modality)
         )
 
-    def _library(self, outputs: dict, inputs: dict, k: int) -> torch.Tensor:
-        """Observed log library of modality k, or the batch mean where it is unobserved."""
+    def _library(self, z: torch.Tensor, inputs: dict, library: torch.Tensor, k: int):
+        """Observed log library of modality k, or the one predicted from z where unobserved."""
         observed = inputs["observed"][:, [k]]
-        batch_mean = self.module.library_log_means[k][inputs["batch_index"].long().ravel()]
-        return observed * outputs["library"][:, [k]] + (1 - observed) * batch_mean.unsqueeze(1)
+        predicted = self.module.predicted_library(k, z, inputs["batch_index"], inputs["cat_covs"])
+        return observed * library[:, [k]] + (1 - observed) * predicted
 
     # ------------------------------------------------------------------ loading
     @classmethod

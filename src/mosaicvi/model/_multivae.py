@@ -92,7 +92,7 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             encode_covariates=encode_covariates,
             unimodal_weight=unimodal_weight,
             integration_loss=integration_loss,
-            library_log_means=self._library_log_means(specs, n_batch),
+            library_log_means=self._library_log_means(specs),
         )
         self._model_summary_string = (
             f"MultiVAE ({mixing}, latent {n_latent}, integration {integration_loss}) on "
@@ -101,21 +101,16 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         )
         self.init_params_ = self._get_init_params(locals())
 
-    def _library_log_means(self, specs, n_batch: int) -> torch.Tensor:
-        """Mean observed log library per modality and batch (overall mean for empty batches)."""
-        x = self.adata.X
+    def _library_log_means(self, specs) -> torch.Tensor:
+        """Mean observed log library of each modality (0 for non-count likelihoods)."""
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
-        batch = self.get_from_registry(self.adata, REGISTRY_KEYS.BATCH_KEY).ravel()
-        means = np.zeros((len(specs), n_batch), dtype=np.float32)
+        means = np.zeros(len(specs), dtype=np.float32)
         start = 0
         for k, spec in enumerate(specs):
             stop = start + spec.n_vars
             if get_likelihood(spec.likelihood).uses_library:
-                log_lib = np.log(np.maximum(np.asarray(x[:, start:stop].sum(1)).ravel(), 1.0))
-                overall = log_lib[observed[:, k]].mean()
-                for b in range(n_batch):
-                    cells = observed[:, k] & (batch == b)
-                    means[k, b] = log_lib[cells].mean() if cells.any() else overall
+                totals = np.asarray(self.adata.X[observed[:, k], start:stop].sum(1)).ravel()
+                means[k] = np.log(np.maximum(totals, 1.0)).mean()
             start = stop
         return torch.as_tensor(means)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import FCLayers
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -51,8 +52,8 @@ class MultiVAEModule(BaseModuleClass):
         ``"latent"``: MMD between batches of the joint latents; ``"marginal"``: MMD between the
         single-modality latents of different modalities; ``None``: no MMD.
     library_log_means
-        ``(K, n_batch)`` mean log library size of each modality per batch; used as the library of
-        cells that lack a modality when imputing at ``library_size="latent"``.
+        ``(K,)`` mean observed log library size of each modality; starting value of the library
+        predictors that give cells lacking a count modality a library size for imputation.
     """
 
     def __init__(
@@ -115,9 +116,23 @@ class MultiVAEModule(BaseModuleClass):
             )
             for spec, lik in zip(self.modalities, self.likelihoods)
         )
-        if library_log_means is None:
-            library_log_means = torch.zeros(len(self.modalities), n_batch)
-        self.register_buffer("library_log_means", torch.as_tensor(library_log_means).float())
+        # log library of each count modality predicted from z (for cells that lack it)
+        self.library_predictors = nn.ModuleDict()
+        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
+            if lik.uses_library:
+                predictor = FCLayers(
+                    n_in=n_latent,
+                    n_out=1,
+                    n_cat_list=n_cat_list,
+                    n_layers=1,
+                    use_activation=False,
+                    use_batch_norm=False,
+                    dropout_rate=0.0,
+                )
+                if library_log_means is not None:
+                    with torch.no_grad():
+                        predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
+                self.library_predictors[spec.name] = predictor
 
     # ---------------------------------------------------------------- plumbing
     @staticmethod
@@ -152,6 +167,33 @@ class MultiVAEModule(BaseModuleClass):
     def log_library(self, x: torch.Tensor) -> torch.Tensor:
         """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
         return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
+
+    def predicted_library(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Log library of count modality ``k`` predicted from ``z`` and covariates, ``(n, 1)``."""
+        predictor = self.library_predictors[self.modalities[k].name]
+        return predictor(z, *self._cat_list(batch_index, cat_covs))
+
+    def _library_loss(self, tensors: dict, inference_outputs: dict) -> torch.Tensor:
+        """Squared error of the library predictors on observed cells (z is not moved by it)."""
+        z = inference_outputs["qz_mean"].detach()
+        observed, library = inference_outputs["observed"], inference_outputs["library"]
+        loss = torch.zeros_like(observed[:, 0])
+        for k, spec in enumerate(self.modalities):
+            if spec.name in self.library_predictors:
+                predicted = self.predicted_library(
+                    k,
+                    z,
+                    tensors[REGISTRY_KEYS.BATCH_KEY],
+                    tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+                ).squeeze(-1)
+                loss = loss + observed[:, k] * (predicted - library[:, k]) ** 2
+        return loss
 
     def combine(
         self, expert_means: torch.Tensor, expert_vars: torch.Tensor, observed: torch.Tensor
@@ -308,7 +350,8 @@ class MultiVAEModule(BaseModuleClass):
         per_cell = sum(reconstruction.values()) + kl_weight * kl_joint
 
         unimodal, unimodal_z = self._unimodal_elbos(tensors, inference_outputs, kl_weight)
-        per_cell = per_cell + self.unimodal_weight * unimodal
+        library_loss = self._library_loss(tensors, inference_outputs)
+        per_cell = per_cell + self.unimodal_weight * unimodal + library_loss
 
         mmd = x.new_zeros(())
         if self.integration_loss is not None and mmd_weight > 0:
@@ -316,7 +359,14 @@ class MultiVAEModule(BaseModuleClass):
         loss = per_cell.mean() + mmd_weight * mmd
 
         extra = {f"reconstruction_loss_{name}": r.mean() for name, r in reconstruction.items()}
-        extra.update({"kl_joint": kl_joint.mean(), "unimodal_loss": unimodal.mean(), "mmd": mmd})
+        extra.update(
+            {
+                "kl_joint": kl_joint.mean(),
+                "unimodal_loss": unimodal.mean(),
+                "library_loss": library_loss.mean(),
+                "mmd": mmd,
+            }
+        )
         return LossOutput(
             loss=loss,
             reconstruction_loss=reconstruction,

@@ -1,0 +1,210 @@
+"""Shared helpers for the benchmarks: data location, dataset preparation, threads, memory.
+
+The real data lives outside the repository (``../shared/data`` relative to the repository root,
+see that folder's README); it is read from there and never copied.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("MOSAICVI_DATA", REPO_ROOT.parent / "shared" / "data"))
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+# ---------------------------------------------------------------------------- threads
+def auto_threads() -> int:
+    """2 threads on an idle 2-core machine, 1 when something else is already running.
+
+    On a 2-core machine torch with 2 threads can be ~10x slower than with 1 when another
+    process competes for the cores (DESIGN.md, known trap 7).
+    """
+    n_cpu = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    return max(1, min(2, n_cpu, int(n_cpu - load + 0.5)))
+
+
+def set_threads(n: int) -> int:
+    """Set torch's intra- and inter-op threads (and BLAS threads for children) explicitly."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set once in this process
+        pass
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------- memory
+def _status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size of this process (MB), Linux only."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process so far (MB): ``VmHWM`` if available, else ``ru_maxrss``."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One benchmark dataset and the protocol applied to it."""
+
+    key: str
+    file: str
+    second: str  # key of the second modality ("adt" or "atac")
+    peer: str  # "TOTALVI" or "MULTIVI"
+    epochs: int  # default equal epoch budget for the trained methods
+    n_hidden_batches: int = 1  # last batches (sorted) whose second modality is hidden
+    max_atac_peaks: int | None = None  # keep the most frequently open peaks (all methods)
+    notes: list[str] = field(default_factory=list)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.key: spec
+    for spec in [
+        DatasetSpec("bmmc_cite", "neurips2021_bmmc_cite_600.h5mu", "adt", "TOTALVI", 200),
+        DatasetSpec("sln_cite", "mouse_sln_cite_512.h5mu", "adt", "TOTALVI", 200),
+        DatasetSpec("bmmc_multiome", "neurips2021_bmmc_multiome_500.h5mu", "atac", "MULTIVI", 200),
+        DatasetSpec(
+            "snare_cortex",
+            "snareseq_mouse_cortex_10k.h5mu",
+            "atac",
+            "MULTIVI",
+            30,
+            n_hidden_batches=3,
+            max_atac_peaks=5000,
+        ),
+    ]
+}
+
+
+@dataclass
+class Prepared:
+    """A paired dataset after the shared preprocessing, plus which cells hide modality 2."""
+
+    spec: DatasetSpec
+    mdata: object  # mudata.MuData, paired, raw counts in X (CSR float32 / dense float32)
+    hidden: np.ndarray  # bool per cell: second modality hidden during training
+    hidden_batches: list[str]
+    notes: list[str]
+
+    @property
+    def second(self) -> str:
+        return self.spec.second
+
+
+def _to_csr32(x):
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        return sp.csr_matrix(x, dtype=np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
+def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Prepared:
+    """Read a dataset from the shared data folder and apply the shared preprocessing.
+
+    Every method sees exactly the same cells and features:
+
+    - counts as float32, sparse modalities as CSR (row slicing for minibatches);
+    - ``batch`` and ``cell_type`` copied from ``mdata.obs``;
+    - hidden cells: all cells of the last ``n_hidden_batches`` batches in sorted order;
+    - optionally only the ``max_atac_peaks`` most frequently open peaks, counted on the cells
+      whose ATAC is *not* hidden (no peek at held-out data);
+    - optionally a random subsample of cells (``--quick`` smoke runs only).
+    """
+    import anndata as ad
+    import mudata as md
+
+    spec = DATASETS[key]
+    path = DATA_DIR / spec.file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (set MOSAICVI_DATA to the shared data folder)")
+    md.set_options(pull_on_update=False)
+    raw = md.read_h5mu(path)
+    notes = list(spec.notes)
+    obs = raw.obs[["batch", "cell_type"]].copy()
+    obs["batch"] = obs["batch"].astype(str).astype("category")
+    cells = raw.obs_names
+    if subsample is not None and subsample < len(cells):
+        rng = np.random.default_rng(seed)
+        cells = cells[np.sort(rng.choice(len(cells), subsample, replace=False))]
+        notes.append(f"subsampled to {subsample} cells (smoke run)")
+    obs = obs.loc[cells]
+    mods = {}
+    for name in ("rna", spec.second):
+        a = raw.mod[name][cells]
+        mods[name] = ad.AnnData(
+            X=_to_csr32(a.X), obs=obs[[]].copy(), var=a.var[[]].copy()
+        )
+    batches = sorted(obs["batch"].unique())
+    hidden_batches = batches[-spec.n_hidden_batches :]
+    hidden = obs["batch"].isin(hidden_batches).to_numpy()
+    if spec.max_atac_peaks is not None and mods[spec.second].n_vars > spec.max_atac_peaks:
+        x = mods[spec.second].X[~hidden]
+        n_open = np.asarray((x > 0).sum(0)).ravel()
+        keep = np.sort(np.argsort(-n_open, kind="stable")[: spec.max_atac_peaks])
+        n_before = mods[spec.second].n_vars
+        mods[spec.second] = mods[spec.second][:, keep].copy()
+        notes.append(
+            f"ATAC restricted to the {spec.max_atac_peaks} most frequently open of {n_before} "
+            "peaks (counted on non-hidden cells), for all methods alike"
+        )
+    mdata = md.MuData(mods)
+    mdata.obs = obs.copy()
+    return Prepared(spec, mdata, hidden, list(hidden_batches), notes)
+
+
+def fmt(value, digits: int = 3) -> str:
+    """Format a number for a markdown table (``n/a`` for None/NaN)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and not np.isfinite(value):
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)

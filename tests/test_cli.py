@@ -1,0 +1,188 @@
+"""Tests of the ``mosaicvi`` command line (demo, fit, benchmark)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mosaicvi.cli import main
+
+CITE_FILE = "neurips2021_bmmc_cite_600.h5mu"
+
+
+def _png_ok(path):
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_help_and_no_command(capsys):
+    assert main(["--help"]) == 0
+    assert "demo" in capsys.readouterr().out
+    assert main([]) == 1
+
+
+def test_benchmark_points_to_script(capsys):
+    assert main(["benchmark"]) == 0
+    assert "benchmarks/integration.py" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(["demo", "--out", str(out), "--epochs", "3", "--n-cells", "300", "--threads", "1"])
+    return code, out
+
+
+def test_demo_writes_outputs(demo_run, capsys):
+    import mudata
+
+    code, out = demo_run
+    assert code == 0
+    for name in ("latent.h5mu", "umap.png", "metrics.json"):
+        assert (out / name).is_file(), name
+
+    assert _png_ok(out / "umap.png")
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("n_cells", "epochs", "train_time_s", "integration", "knn_overlap_15"):
+        assert key in metrics, key
+    assert metrics["n_cells"] == 300
+    assert 1 <= metrics["epochs"] <= 3
+    assert metrics["train_time_s"] > 0
+    assert {"bio", "batch", "total"} <= set(metrics["integration"])
+    for v in (metrics["integration"][k] for k in ("bio", "batch", "total")):
+        assert 0.0 <= v <= 1.0
+    overlap = metrics["knn_overlap_15"]
+    assert 0.0 <= overlap["rna_vs_joint"] <= 1.0
+    assert 0.0 <= overlap["adt_vs_joint"] <= 1.0
+    # batch_2 lacks protein: those cells get imputed values
+    assert metrics["imputed"] == {"adt": "imputed_adt.csv"}
+    assert (out / "imputed_adt.csv").is_file()
+
+    mdata = mudata.read_h5mu(out / "latent.h5mu")
+    z = mdata.obsm["X_mosaicvi"]
+    assert z.shape == (300, metrics["n_latent"])
+    assert np.isfinite(z).all()
+    assert mdata.obsm["X_umap_mosaicvi"].shape == (300, 2)
+
+
+def test_demo_imputed_protein_is_sane(demo_run):
+    import pandas as pd
+
+    _, out = demo_run
+    imputed = pd.read_csv(out / "imputed_adt.csv", index_col=0)
+    assert len(imputed) > 0
+    assert np.isfinite(imputed.to_numpy()).all()
+    assert (imputed.to_numpy() >= 0).all()
+
+
+def test_fit_missing_file(tmp_path, capsys):
+    code = main(["fit", "--data", str(tmp_path / "nope.h5mu"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "not found" in err
+    assert "Traceback" not in err
+
+
+def test_fit_requires_data(capsys):
+    assert main(["fit"]) == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_fit_bad_likelihood_spec(tmp_path, capsys):
+    path = tmp_path / "x.h5mu"
+    path.write_bytes(b"")
+    code = main(["fit", "--data", str(path), "--likelihood", "adt"])
+    assert code == 2
+    assert "MODALITY=NAME" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_mosaic_file(tmp_path_factory):
+    import mosaicvi as mv
+
+    mdata = mv.data.simulate(
+        n_cells=120, modalities=("rna", "adt"), n_batches=2, missing={"batch_1": ["adt"]}, seed=1
+    )
+    path = tmp_path_factory.mktemp("data") / "small.h5mu"
+    mdata.write_h5mu(path)
+    return path
+
+
+def test_fit_bad_modality(small_mosaic_file, tmp_path, capsys):
+    code = main(
+        ["fit", "--data", str(small_mosaic_file), "--modalities", "rna", "atac", "--epochs", "1"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "'atac'" in err and "available modalities" in err
+    assert "Traceback" not in err
+
+
+def test_fit_bad_batch_key(small_mosaic_file, capsys):
+    code = main(["fit", "--data", str(small_mosaic_file), "--batch-key", "donor_id"])
+    assert code == 2
+    assert "donor_id" in capsys.readouterr().err
+
+
+def test_fit_bad_layer(small_mosaic_file, capsys):
+    code = main(["fit", "--data", str(small_mosaic_file), "--layer", "raw_counts"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no layer 'raw_counts'" in err and "--layer X" in err
+
+
+def test_fit_unknown_likelihood_is_clean_error(small_mosaic_file, tmp_path, capsys):
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(small_mosaic_file),
+            "--likelihood",
+            "adt=not_a_distribution",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
+
+
+def test_fit_does_not_modify_input(small_mosaic_file, tmp_path):
+    before = small_mosaic_file.read_bytes()
+    out = tmp_path / "fit"
+    code = main(
+        ["fit", "--data", str(small_mosaic_file), "--epochs", "1", "--out", str(out)]
+        + ["--threads", "1"]
+    )
+    assert code == 0
+    assert small_mosaic_file.read_bytes() == before
+    assert (out / "latent.h5mu").is_file()
+
+
+@pytest.mark.slow
+def test_fit_real_cite_file(shared_data_file, tmp_path, capsys):
+    import mudata
+
+    path = shared_data_file(CITE_FILE)
+    out = tmp_path / "cite"
+    code = main(
+        ["fit", "--data", str(path), "--modalities", "rna", "adt", "--epochs", "2"]
+        + ["--out", str(out), "--threads", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_cells"] == 600
+    assert metrics["epochs"] == 2
+    assert "integration" in metrics  # cell_type and batch are in mdata.obs
+    assert _png_ok(out / "umap.png")
+    z = mudata.read_h5mu(out / "latent.h5mu").obsm["X_mosaicvi"]
+    assert z.shape[0] == 600 and np.isfinite(z).all()
