@@ -278,9 +278,12 @@ def run_worker(args: argparse.Namespace) -> None:
     import mudata  # noqa: F401
     import scanpy  # noqa: F401
 
-    import mosaicvi  # noqa: F401
+    import mosaicvi
 
-    print(f"worker {method} {key}: torch threads {threads}", flush=True)
+    print(
+        f"worker {method} {key}: torch threads {threads}, mosaicvi from {mosaicvi.__file__}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     prep = prepare_dataset(key, subsample=args.subsample)
     rss_before = rss_mb()
@@ -291,6 +294,7 @@ def run_worker(args: argparse.Namespace) -> None:
         method=method,
         dataset=key,
         threads=threads,
+        mosaicvi_file=mosaicvi.__file__,
         epochs_requested=args.epochs if meta.get("epochs_run") is not None else None,
         peak_rss_mb=peak_rss_mb() if reset_ok else None,
         rss_before_mb=rss_before,

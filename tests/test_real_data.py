@@ -14,6 +14,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from conftest import require_shared_data
 from mosaicvi.metrics import imputation_scores, knn_overlap, silhouette_label
 from mosaicvi.model import MultiVAE
+from mosaicvi.tools import label_transfer
 
 QUERY_DONOR = "s1d2"
 
@@ -103,3 +104,54 @@ def test_user_mudata_unchanged_after_training(cite):
         assert mosaic[key].var.equals(before[key].var)
         assert set(mosaic[key].obsm) == set(before[key].obsm)
     assert set(mosaic.uns) == set(before.uns)
+
+
+# ---------------------------------------------------------------- query mapping (s1d1 -> s1d2)
+
+
+@pytest.fixture(scope="module")
+def cite_reference():
+    full = md.read_h5mu(require_shared_data("neurips2021_bmmc_cite_600.h5mu"))
+    in_query = (full.obs["batch"] == QUERY_DONOR).to_numpy()
+    reference, query = full[~in_query].copy(), full[in_query].copy()
+    MultiVAE.setup_mudata(reference, modalities=["rna", "adt"], batch_key="batch")
+    model = MultiVAE(reference)
+    model.train(max_epochs=150, enable_progress_bar=False)
+    return reference, query, model
+
+
+@pytest.mark.parametrize("kind", ["paired", "rna_only"])
+def test_query_donor_maps_onto_reference(cite_reference, kind):
+    reference, query, model = cite_reference
+    if kind == "rna_only":
+        mapped = md.MuData({"rna": query["rna"].copy()})
+        mapped.obs["batch"] = query.obs["batch"].to_numpy()
+    else:
+        mapped = query
+    query_model = MultiVAE.load_query_data(mapped, model)
+    query_model.train(max_epochs=100, enable_progress_bar=False)
+    transferred = label_transfer(
+        model.get_latent_representation(),
+        reference.obs["cell_type"],
+        query_model.get_latent_representation(),
+    )
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    accuracy = float((transferred["label"].to_numpy() == truth).mean())
+    majority = query.obs["cell_type"].value_counts(normalize=True).max()
+    print(f"{kind} query: label transfer {accuracy:.3f} vs majority class {majority:.3f}")
+    assert accuracy > majority + 0.15
+    if kind == "rna_only":
+        truth_adt = np.asarray(query["adt"].X)
+        imputed = query_model.get_normalized_expression(modality="adt", library_size="latent")
+        scores = imputation_scores(imputed.to_numpy(), truth_adt)
+        reference_mean = np.log1p(np.asarray(reference["adt"].X)).mean(0)
+        per_cell_model = np.mean(
+            [pearsonr(p, t)[0] for p, t in zip(np.log1p(imputed.to_numpy()), np.log1p(truth_adt))]
+        )
+        per_cell_baseline = np.mean([pearsonr(reference_mean, t)[0] for t in np.log1p(truth_adt)])
+        print(
+            f"RNA-only query ADT imputation: per-protein Pearson {scores['pearson']:.3f}; "
+            f"per-cell {per_cell_model:.3f} vs reference-mean {per_cell_baseline:.3f}"
+        )
+        assert scores["pearson"] > 0.4
+        assert per_cell_model > per_cell_baseline + 0.1

@@ -3,7 +3,7 @@
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, distributions, metrics, model, module, nn, train
+from . import data, distributions, metrics, model, module, nn, tools, train
 
 try:
     __version__ = version("mosaicvi")
@@ -18,4 +18,14 @@ if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by 
     _logger.setLevel(logging.INFO)
     _logger.propagate = False
 
-__all__ = ["data", "distributions", "metrics", "model", "module", "nn", "train", "__version__"]
+__all__ = [
+    "data",
+    "distributions",
+    "metrics",
+    "model",
+    "module",
+    "nn",
+    "tools",
+    "train",
+    "__version__",
+]

@@ -9,6 +9,7 @@ from ._mosaic import (
     observed_mask,
     validate_matrix,
 )
+from ._query import prepare_query
 from ._simulate import simulate
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "observed_mask",
     "validate_matrix",
     "simulate",
+    "prepare_query",
 ]

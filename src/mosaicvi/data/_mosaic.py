@@ -244,6 +244,7 @@ def assemble_mosaic(
     batch_key: str | None = None,
     categorical_covariate_keys: Sequence[str] | None = None,
     continuous_covariate_keys: Sequence[str] | None = None,
+    require_observed: bool = True,
 ) -> ad.AnnData:
     """Assemble the model-facing AnnData of a (possibly unpaired) MuData.
 
@@ -255,6 +256,9 @@ def assemble_mosaic(
         Modalities from :func:`build_specs`.
     batch_key, categorical_covariate_keys, continuous_covariate_keys
         Columns of ``mdata.obs``.
+    require_observed
+        Reject modalities observed in no cell (right for training a model; a query may lack
+        whole modalities).
 
     Returns
     -------
@@ -264,7 +268,7 @@ def assemble_mosaic(
     """
     mask = observed_mask(mdata, [spec.mod_key for spec in specs])
     never_observed = [spec.name for spec, seen in zip(specs, mask.any(0)) if not seen]
-    if never_observed:
+    if never_observed and require_observed:
         raise ValueError(
             f"Modalities {never_observed} are observed in no cell. Remove them from `modalities`."
         )

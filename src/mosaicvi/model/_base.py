@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -14,7 +15,12 @@ import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data._constants import _MODEL_NAME_KEY, _SETUP_ARGS_KEY
+from scvi.data._constants import (
+    _FIELD_REGISTRIES_KEY,
+    _MODEL_NAME_KEY,
+    _SETUP_ARGS_KEY,
+    _STATE_REGISTRY_KEY,
+)
 from scvi.data.fields import (
     CategoricalJointObsField,
     CategoricalObsField,
@@ -25,9 +31,12 @@ from scvi.data.fields import (
 from scvi.model._utils import _get_batch_code_from_category, parse_device_args
 from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
 
-from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs
-from mosaicvi.data._constants import BATCH_COLUMN, MODALITY_VAR_COLUMN, OBSERVED_OBSM_KEY
+from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs, prepare_query
+from mosaicvi.data._constants import BATCH_COLUMN, OBSERVED_OBSM_KEY
 from mosaicvi.distributions import get_likelihood
+from mosaicvi.train import FrozenReferenceCallback
+
+from ._surgery import transfer_reference_weights
 
 logger = logging.getLogger("mosaicvi")
 
@@ -51,6 +60,42 @@ def _recall(cls: type, mdata: MuData) -> ad.AnnData | None:
 
 def _names(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
+
+
+class RegisteredModalities:
+    """Modalities and features recorded in a model's registry (also of a saved model).
+
+    Parameters
+    ----------
+    registry
+        ``model.registry_`` or the registry of a saved model.
+    """
+
+    def __init__(self, registry: dict):
+        self._args = registry[_SETUP_ARGS_KEY]
+        columns = registry[_FIELD_REGISTRIES_KEY][REGISTRY_KEYS.X_KEY][_STATE_REGISTRY_KEY]
+        self._columns = pd.Index(columns["column_names"])
+
+    def modality_var_names(self, modality: str) -> pd.Index:
+        """Feature names of one modality."""
+        prefix = f"{modality}:"
+        names = self._columns[self._columns.str.startswith(prefix)]
+        return pd.Index([name[len(prefix) :] for name in names])
+
+    @property
+    def modality_specs(self) -> list[ModalitySpec]:
+        """One :class:`~mosaicvi.data.ModalitySpec` per modality, in model order."""
+        args = self._args
+        return [
+            ModalitySpec(
+                name,
+                key,
+                args["layers"][name],
+                args["likelihoods"][name],
+                len(self.modality_var_names(name)),
+            )
+            for name, key in args["modalities"].items()
+        ]
 
 
 class MosaicModelMixin:
@@ -100,6 +145,45 @@ class MosaicModelMixin:
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
+        assembled = cls._register_mudata(
+            mdata,
+            modalities,
+            layers,
+            likelihoods,
+            batch_key,
+            categorical_covariate_keys,
+            continuous_covariate_keys,
+            require_observed=True,
+            **kwargs,
+        )
+        specs = RegisteredModalities(cls._most_recent_registry(assembled)).modality_specs
+        mask = assembled.obsm[OBSERVED_OBSM_KEY].astype(bool)
+        for k, spec in enumerate(specs):
+            logger.info(
+                "%s: mdata.mod[%r]%s, likelihood %r, %d features, observed in %d of %d cells",
+                spec.name,
+                spec.mod_key,
+                f".layers[{spec.layer!r}]" if spec.layer else ".X",
+                spec.likelihood,
+                spec.n_vars,
+                int(mask[:, k].sum()),
+                mask.shape[0],
+            )
+
+    @classmethod
+    def _register_mudata(
+        cls,
+        mdata: MuData,
+        modalities,
+        layers,
+        likelihoods,
+        batch_key,
+        categorical_covariate_keys,
+        continuous_covariate_keys,
+        require_observed: bool,
+        **kwargs,
+    ) -> ad.AnnData:
+        """Assemble ``mdata`` and register the result with scvi-tools; return the assembly."""
         specs = build_specs(mdata, modalities, layers, likelihoods)
         setup_method_args = cls._get_setup_method_args(
             cls=cls,
@@ -112,7 +196,12 @@ class MosaicModelMixin:
             continuous_covariate_keys=continuous_covariate_keys,
         )
         assembled = assemble_mosaic(
-            mdata, specs, batch_key, categorical_covariate_keys, continuous_covariate_keys
+            mdata,
+            specs,
+            batch_key,
+            categorical_covariate_keys,
+            continuous_covariate_keys,
+            require_observed=require_observed,
         )
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
@@ -127,18 +216,11 @@ class MosaicModelMixin:
         manager.register_fields(assembled, **kwargs)
         cls.register_manager(manager)
         _remember(cls, mdata, assembled)
-        mask = assembled.obsm[OBSERVED_OBSM_KEY].astype(bool)
-        for k, spec in enumerate(specs):
-            logger.info(
-                "%s: mdata.mod[%r]%s, likelihood %r, %d features, observed in %d of %d cells",
-                spec.name,
-                spec.mod_key,
-                f".layers[{spec.layer!r}]" if spec.layer else ".X",
-                spec.likelihood,
-                spec.n_vars,
-                int(mask[:, k].sum()),
-                mask.shape[0],
-            )
+        return assembled
+
+    @classmethod
+    def _most_recent_registry(cls, assembled: ad.AnnData) -> dict:
+        return cls._get_most_recent_anndata_manager(assembled, required=True).registry
 
     @classmethod
     def setup_anndata(cls, adata, *args, **kwargs):
@@ -174,26 +256,17 @@ class MosaicModelMixin:
     @property
     def modality_specs(self) -> list[ModalitySpec]:
         """Registered modalities: name, key in ``mdata.mod``, layer, likelihood, features."""
-        args = self.registry_[_SETUP_ARGS_KEY]
-        var = self.adata.var if self.adata is not None else None
-        specs = []
-        for name, key in args["modalities"].items():
-            n_vars = int((var[MODALITY_VAR_COLUMN] == name).sum()) if var is not None else 0
-            specs.append(
-                ModalitySpec(name, key, args["layers"][name], args["likelihoods"][name], n_vars)
-            )
-        return specs
+        return RegisteredModalities(self.registry_).modality_specs
 
     @property
     def modalities(self) -> list[str]:
         """Names of the registered modalities."""
-        return list(self.registry_[_SETUP_ARGS_KEY]["modalities"])
+        return [spec.name for spec in self.modality_specs]
 
     def modality_var_names(self, modality: str) -> pd.Index:
         """Feature names of one modality, as in the user's MuData."""
         self._check_modality(modality)
-        var = self.adata.var
-        return pd.Index(var.loc[var[MODALITY_VAR_COLUMN] == modality, "feature"].to_numpy())
+        return RegisteredModalities(self.registry_).modality_var_names(modality)
 
     def _check_modality(self, modality: str) -> int:
         if modality not in self.modalities:
@@ -413,6 +486,95 @@ class MosaicModelMixin:
         predicted = self.module.predicted_library(k, z, inputs["batch_index"], inputs["cat_covs"])
         return observed * library[:, [k]] + (1 - observed) * predicted
 
+    # ------------------------------------------------------------------ query mapping
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: MuData,
+        reference_model,
+        unfrozen: bool | Sequence[str] = False,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ):
+        """Map a query dataset onto a trained reference (scArches-style surgery).
+
+        The query is aligned to the reference with :func:`mosaicvi.data.prepare_query` (it may
+        lack whole modalities and have new batches). New covariate categories get new
+        parameters; everything learned on the reference stays bit-identical during query
+        training whatever the optimizer settings.
+
+        Parameters
+        ----------
+        adata
+            Query MuData; batch/covariate columns in ``mdata.obs`` as for the reference.
+        reference_model
+            A trained model of this class, or the folder it was saved to.
+        unfrozen
+            ``False`` (default): train only the new categories' parameters. ``True``: fine-tune
+            everything. A list of parameter-name prefixes (e.g. ``["encoders"]``) also trains
+            those parameters entirely.
+        accelerator, device
+            Where to put the query model.
+
+        Returns
+        -------
+        A model of this class on the aligned query (``model.mdata``), ready for ``train()``.
+        """
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        if isinstance(reference_model, (str, os.PathLike)):
+            attr_dict, _, reference_state, _ = _load_saved_files(
+                str(reference_model), False, map_location=torch_device
+            )
+            registry = attr_dict.pop("registry_")
+            init_params = attr_dict["init_params_"]
+            reference_state.pop("pyro_param_store", None)
+        elif isinstance(reference_model, cls):
+            registry = reference_model.registry_
+            init_params = reference_model.init_params_
+            reference_state = {
+                k: v.detach().to(torch_device).clone()
+                for k, v in reference_model.module.state_dict().items()
+            }
+        else:
+            raise TypeError(
+                f"reference_model must be a trained {cls.__name__} or the folder it was saved to, "
+                f"got {type(reference_model).__name__}."
+            )
+        if registry.get(_MODEL_NAME_KEY) != cls.__name__:
+            raise ValueError(
+                f"The reference is a {registry.get(_MODEL_NAME_KEY)} model, not a {cls.__name__}."
+            )
+        aligned = prepare_query(adata, RegisteredModalities(registry))
+        cls._register_mudata(
+            aligned,
+            **registry[_SETUP_ARGS_KEY],
+            require_observed=False,
+            source_registry=registry,
+            extend_categories=True,
+        )
+        model = _initialize_model(cls, aligned, registry, {"init_params_": init_params}, None)
+        cat_state = registry[_FIELD_REGISTRIES_KEY][REGISTRY_KEYS.CAT_COVS_KEY][_STATE_REGISTRY_KEY]
+        reference_n_cats = [
+            AnnDataManager._get_summary_stats_from_registry(registry).n_batch,
+            *cat_state.get("n_cats_per_key", []),
+        ]
+        model.module.to(torch_device)
+        model._trainable_masks = transfer_reference_weights(
+            reference_state, model.module, reference_n_cats, unfrozen
+        )
+        model.module.eval()
+        return model
+
+    def _query_callbacks(self) -> list:
+        """Callbacks that keep reference weights fixed when this model is a mapped query."""
+        masks = getattr(self, "_trainable_masks", None)
+        return [FrozenReferenceCallback(masks)] if masks else []
+
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
@@ -450,7 +612,9 @@ class MosaicModelMixin:
             raise ValueError(
                 f"{dir_path} holds a {registry.get(_MODEL_NAME_KEY)} model, not a {cls.__name__}."
             )
-        cls.setup_mudata(adata, source_registry=registry, **registry[_SETUP_ARGS_KEY])
+        cls._register_mudata(
+            adata, **registry[_SETUP_ARGS_KEY], require_observed=False, source_registry=registry
+        )
         _validate_var_names(cls._assembled_for(adata), var_names)
         model = _initialize_model(cls, adata, registry, attr_dict, None)
         state_dict.pop("pyro_param_store", None)

@@ -159,6 +159,10 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
             **(plan_kwargs or {}),
         }
+        trainer_kwargs["callbacks"] = [
+            *trainer_kwargs.get("callbacks", []),
+            *self._query_callbacks(),
+        ]
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", 20)
         if train_size >= 1.0 and early_stopping:

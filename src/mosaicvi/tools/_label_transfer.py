@@ -1,0 +1,73 @@
+"""Transferring labels from a reference embedding to query cells."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.neighbors import NearestNeighbors
+
+
+def label_transfer(
+    reference_latent: np.ndarray,
+    reference_labels: Any,
+    query_latent: np.ndarray,
+    k: int = 15,
+    query_index: pd.Index | None = None,
+) -> pd.DataFrame:
+    """Label query cells by their nearest reference cells in a shared latent space.
+
+    Each of the ``k`` nearest reference cells votes for its label with a weight that decays with
+    distance (Gaussian kernel with the query cell's mean neighbour distance as bandwidth). The
+    uncertainty is one minus the winning label's share of the votes: 0 when all neighbours
+    agree, close to 1 - 1/k when they all differ.
+
+    Parameters
+    ----------
+    reference_latent
+        ``(n_reference, d)`` embedding of the labelled cells.
+    reference_labels
+        Their labels; missing labels (NaN/None) are ignored.
+    query_latent
+        ``(n_query, d)`` embedding of the cells to label, in the same space.
+    k
+        Number of neighbours.
+    query_index
+        Index for the result (e.g. the query's ``obs_names``).
+
+    Returns
+    -------
+    DataFrame with columns ``label`` and ``uncertainty``, one row per query cell.
+    """
+    reference_latent = np.asarray(reference_latent, dtype=np.float64)
+    query_latent = np.asarray(query_latent, dtype=np.float64)
+    labels = pd.Series(np.asarray(reference_labels, dtype=object))
+    if len(labels) != len(reference_latent):
+        raise ValueError(
+            f"{len(labels)} reference labels for {len(reference_latent)} reference cells."
+        )
+    if reference_latent.shape[1] != query_latent.shape[1]:
+        raise ValueError(
+            f"Reference and query latents have {reference_latent.shape[1]} and "
+            f"{query_latent.shape[1]} dimensions; embed both with the same model."
+        )
+    known = labels.notna().to_numpy()
+    if known.sum() < k:
+        raise ValueError(f"Need at least k={k} labelled reference cells, got {int(known.sum())}.")
+    reference_latent, labels = reference_latent[known], labels[known].astype(str).to_numpy()
+
+    distances, neighbours = (
+        NearestNeighbors(n_neighbors=k).fit(reference_latent).kneighbors(query_latent)
+    )
+    bandwidth = distances.mean(1, keepdims=True) + 1e-12
+    weights = np.exp(-((distances / bandwidth) ** 2))
+    weights /= weights.sum(1, keepdims=True)
+    classes, codes = np.unique(labels, return_inverse=True)
+    votes = np.zeros((len(query_latent), len(classes)))
+    np.add.at(votes, (np.arange(len(query_latent))[:, None], codes[neighbours]), weights)
+    best = votes.argmax(1)
+    return pd.DataFrame(
+        {"label": classes[best], "uncertainty": 1.0 - votes.max(1)},
+        index=query_index if query_index is not None else pd.RangeIndex(len(query_latent)),
+    )
