@@ -1,6 +1,7 @@
 """User-facing models."""
 
 from ._base import MosaicModelMixin
+from ._clue import CLUE
 from ._multivae import MultiVAE
 
-__all__ = ["MosaicModelMixin", "MultiVAE"]
+__all__ = ["CLUE", "MosaicModelMixin", "MultiVAE"]

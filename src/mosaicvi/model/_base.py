@@ -268,6 +268,23 @@ class MosaicModelMixin:
         self._check_modality(modality)
         return RegisteredModalities(self.registry_).modality_var_names(modality)
 
+    def _library_log_means(self, specs) -> torch.Tensor:
+        """Mean observed log library of each modality (0 for non-count likelihoods).
+
+        Start value of a module's library predictors (shared by the models).
+        """
+        observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
+        means = np.zeros(len(specs), dtype=np.float32)
+        start = 0
+        for k, spec in enumerate(specs):
+            stop = start + spec.n_vars
+            if get_likelihood(spec.likelihood).uses_library:
+                totals = np.asarray(self.adata.X[observed[:, k], start:stop].sum(1)).ravel()
+                if totals.size:  # a query may lack the modality (its predictor is transferred)
+                    means[k] = np.log(np.maximum(totals, 1.0)).mean()
+            start = stop
+        return torch.as_tensor(means)
+
     def _check_modality(self, modality: str) -> int:
         if modality not in self.modalities:
             raise KeyError(f"Unknown modality {modality!r}; this model has {self.modalities}.")

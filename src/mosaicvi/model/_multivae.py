@@ -5,14 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-import numpy as np
-import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from mosaicvi.data._constants import OBSERVED_OBSM_KEY
-from mosaicvi.distributions import get_likelihood
 from mosaicvi.module import MultiVAEModule
 from mosaicvi.train import MultiVAETrainingPlan
 
@@ -100,19 +96,6 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             + f"; {n_batch} batches"
         )
         self.init_params_ = self._get_init_params(locals())
-
-    def _library_log_means(self, specs) -> torch.Tensor:
-        """Mean observed log library of each modality (0 for non-count likelihoods)."""
-        observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
-        means = np.zeros(len(specs), dtype=np.float32)
-        start = 0
-        for k, spec in enumerate(specs):
-            stop = start + spec.n_vars
-            if get_likelihood(spec.likelihood).uses_library:
-                totals = np.asarray(self.adata.X[observed[:, k], start:stop].sum(1)).ravel()
-                means[k] = np.log(np.maximum(totals, 1.0)).mean()
-            start = stop
-        return torch.as_tensor(means)
 
     def train(
         self,

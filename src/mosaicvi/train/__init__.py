@@ -1,6 +1,7 @@
 """Training plans (optimisation), one per method where needed, and query-training guards."""
 
+from ._adversarial import AdversarialTrainingPlan
 from ._freezing import FrozenReferenceCallback
 from ._plans import MultiVAETrainingPlan
 
-__all__ = ["FrozenReferenceCallback", "MultiVAETrainingPlan"]
+__all__ = ["AdversarialTrainingPlan", "FrozenReferenceCallback", "MultiVAETrainingPlan"]

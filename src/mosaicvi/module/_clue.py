@@ -1,0 +1,617 @@
+"""CLUE: cross-linked unified embedding with a K x K encoder matrix and a modality discriminator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import FCLayers
+from torch import nn
+from torch.distributions import Normal, kl_divergence
+
+from mosaicvi.data import OBSERVED_KEY, ModalitySpec
+from mosaicvi.distributions import get_likelihood, product_of_experts
+from mosaicvi.nn import ModalityDecoder, ModalityEncoder
+
+Combine = Literal["poe", "mean"]
+Alignment = Literal["mse", "cosine"]
+
+
+class ModalityDiscriminator(nn.Module):
+    """MLP classifier ``q(k | z)``: which modality a latent was inferred from.
+
+    Parameters
+    ----------
+    n_input
+        Latent dimensions (``K * d`` for CLUE).
+    n_modalities
+        Number of classes ``K``.
+    n_hidden, n_layers, dropout_rate
+        Hidden layers (LeakyReLU, dropout).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_modalities: int,
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        dropout_rate: float = 0.2,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        n_in = n_input
+        for _ in range(n_layers):
+            layers += [nn.Linear(n_in, n_hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout_rate)]
+            n_in = n_hidden
+        layers.append(nn.Linear(n_in, n_modalities))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits over modalities, ``(n, K)``."""
+        return self.net(z)
+
+
+class CLUEModule(BaseModuleClass):
+    """Cross-linked unified embedding (CLUE) over K >= 2 modalities.
+
+    The latent of a cell is the concatenation ``z = (z_1, ..., z_K)`` of one sub-space of
+    ``n_latent`` (``d``) dimensions per modality, so **the embedding has ``K * d`` dimensions**
+    (40 for RNA + protein with ``d = 20``). A K x K matrix of encoders gives ``q(z_k | x_j)``:
+    self-encoders (``k = j``) and cross-encoders (``k != j``). For a set ``S`` of modalities,
+    ``q(z_k | x_S)`` combines the encoders ``q(z_k | x_j)``, ``j in S``:
+
+    - ``combine="poe"`` (the paper): product of the Gaussian experts and the N(0, I) prior expert
+      (:func:`~mosaicvi.distributions.product_of_experts`); a single modality's posterior is its
+      expert times the prior.
+    - ``combine="mean"`` (the reference code): each expert's sample is L2-normalised and the
+      normalised samples are averaged; the posterior mean used for embedding is the average of
+      the L2-normalised expert means. The decoders then read points near the unit sphere; the
+      KL term is computed on the (unnormalised) Gaussian experts.
+
+    Decoder ``k`` reads sub-space ``k`` only (plus covariates). Per-cell losses, each weighted:
+
+    - ``self``: ELBO of every observed modality ``k`` from ``q(z_k | x_k)``;
+    - ``cross``: ELBO of every observed modality ``k`` from ``q(z_k | x_{K_c minus k})``, the
+      other observed modalities of the cell (cells with at least two observed modalities);
+    - ``alignment``: distance between the latents inferred from each observed modality of a cell,
+      ``u_j = (E q(z_1 | x_j), ..., E q(z_K | x_j))``, over pairs of observed modalities
+      (squared Euclidean for ``"mse"``, ``1 - cosine`` for ``"cosine"``; paired cells only);
+    - ``adversarial``: cross-entropy between the modality discriminator's prediction for a
+      sample of ``u_j`` and the uniform distribution over modalities, minus its minimum
+      ``log K`` (0 when the discriminator is at chance). The discriminator itself is trained by
+      the training plan to tell the modalities apart (:meth:`discriminator_loss`).
+
+    Reconstruction terms are summed over features and KL terms over latent dimensions (the
+    scvi-tools convention); the reference code averages them over features instead, so its
+    published alignment/adversarial weights do not carry over as they are.
+
+    Parameters
+    ----------
+    modalities
+        One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
+    n_batch, n_cats_per_cov, n_continuous_cov
+        Covariates (one-hot through ``n_cat_list`` of every :class:`scvi.nn.FCLayers`).
+    n_latent
+        Dimensions ``d`` of each sub-space; the embedding has ``K * d``.
+    n_hidden, n_layers, dropout_rate
+        Encoder/decoder architecture (LayerNorm, LeakyReLU).
+    combine
+        ``"poe"`` or ``"mean"`` (see above).
+    alignment
+        ``"mse"`` (the paper) or ``"cosine"`` (the reference code).
+    self_weight, cross_weight, alignment_weight, adversarial_weight
+        Weights of the loss terms; 0 switches a term off (it is then not computed).
+    encode_covariates
+        Condition the encoders on batch and covariates too.
+    discriminator_hidden, discriminator_layers
+        Architecture of the modality discriminator.
+    library_log_means
+        ``(K,)`` mean observed log library of each modality (start of the library predictors).
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[ModalitySpec],
+        n_batch: int = 1,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        n_latent: int = 20,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.2,
+        combine: Combine = "poe",
+        alignment: Alignment = "mse",
+        self_weight: float = 1.0,
+        cross_weight: float = 1.0,
+        alignment_weight: float = 1.0,
+        adversarial_weight: float = 1.0,
+        encode_covariates: bool = True,
+        discriminator_hidden: int = 128,
+        discriminator_layers: int = 2,
+        library_log_means: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if combine not in ("poe", "mean"):
+            raise ValueError(f"combine must be 'poe' or 'mean', got {combine!r}.")
+        if alignment not in ("mse", "cosine"):
+            raise ValueError(f"alignment must be 'mse' or 'cosine', got {alignment!r}.")
+        weights = {
+            "self_weight": self_weight,
+            "cross_weight": cross_weight,
+            "alignment_weight": alignment_weight,
+            "adversarial_weight": adversarial_weight,
+        }
+        negative = [name for name, w in weights.items() if w < 0]
+        if negative:
+            raise ValueError(f"Loss weights must be >= 0: {negative}.")
+        self.modalities = list(modalities)
+        self.n_modalities = len(self.modalities)
+        self.n_latent_per_modality = n_latent
+        self.n_latent = n_latent * self.n_modalities  # size of the embedding, K * d
+        self.n_batch = n_batch
+        self.combine = combine
+        self.alignment = alignment
+        self.self_weight = self_weight
+        self.cross_weight = cross_weight
+        self.alignment_weight = alignment_weight
+        self.adversarial_weight = adversarial_weight
+        self.encode_covariates = encode_covariates
+        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
+        bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+        n_cat_list = [n_batch] + list(n_cats_per_cov or [])
+        encoder_cats = n_cat_list if encode_covariates else None
+        arch = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate}
+        # encoders[k][j] = q(z_k | x_j)
+        self.encoders = nn.ModuleList(
+            nn.ModuleList(
+                ModalityEncoder(
+                    spec_j.n_vars + n_continuous_cov * encode_covariates,
+                    n_latent,
+                    lik_j,
+                    n_cat_list=encoder_cats,
+                    **arch,
+                )
+                for spec_j, lik_j in zip(self.modalities, self.likelihoods)
+            )
+            for _ in self.modalities
+        )
+        self.decoders = nn.ModuleList(
+            ModalityDecoder(
+                n_latent + n_continuous_cov, spec.n_vars, lik, n_cat_list=n_cat_list, **arch
+            )
+            for spec, lik in zip(self.modalities, self.likelihoods)
+        )
+        self.discriminator = ModalityDiscriminator(
+            self.n_latent,
+            self.n_modalities,
+            n_hidden=discriminator_hidden,
+            n_layers=discriminator_layers,
+            dropout_rate=dropout_rate,
+        )
+        # log library of each count modality predicted from the embedding (cells lacking it)
+        self.library_predictors = nn.ModuleDict()
+        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
+            if lik.uses_library:
+                predictor = FCLayers(
+                    n_in=self.n_latent,
+                    n_out=1,
+                    n_cat_list=n_cat_list,
+                    n_layers=1,
+                    use_activation=False,
+                    use_batch_norm=False,
+                    dropout_rate=0.0,
+                )
+                if library_log_means is not None:
+                    with torch.no_grad():
+                        predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
+                self.library_predictors[spec.name] = predictor
+
+    # ---------------------------------------------------------------- plumbing
+    @staticmethod
+    def _covariates(tensors: dict) -> dict:
+        return {
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "observed": tensors[OBSERVED_KEY],
+            **self._covariates(tensors),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "z_self": inference_outputs["z_self"],
+            "z_cross": inference_outputs["z_cross"],
+            "library": inference_outputs["library"],
+            **self._covariates(tensors),
+        }
+
+    @staticmethod
+    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
+        cats = [batch_index]
+        if cat_covs is not None:
+            cats.extend(torch.split(cat_covs, 1, dim=1))
+        return cats
+
+    def subspace(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Sub-space ``k`` (``d`` dimensions) of an embedding ``(..., K * d)``."""
+        d = self.n_latent_per_modality
+        return z[..., k * d : (k + 1) * d]
+
+    def log_library(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
+        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
+
+    def predicted_library(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Log library of count modality ``k`` predicted from the embedding ``z``, ``(n, 1)``."""
+        predictor = self.library_predictors[self.modalities[k].name]
+        return predictor(z, *self._cat_list(batch_index, cat_covs))
+
+    # ---------------------------------------------------------------- posteriors
+    def _combined(
+        self,
+        means: torch.Tensor,
+        variances: torch.Tensor,
+        mask: torch.Tensor,
+        n_samples: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Combine experts ``(J, n, d)`` over the modalities in ``mask`` ``(n, J)``.
+
+        Returns the embedding mean, a variance and a sample (``(n_samples, n, d)`` when
+        ``n_samples`` is given). For ``"mean"`` the variance is the mixture-mean formula of the
+        unnormalised experts (indicative only); rows with no expert get the prior / zeros.
+        """
+        shape = () if n_samples is None else (n_samples,)
+        if self.combine == "poe":
+            mean, var = product_of_experts(means, variances, mask)
+            return mean, var, Normal(mean, var.sqrt()).rsample(shape)
+        weights = mask.T.unsqueeze(-1).to(means.dtype)  # (J, n, 1)
+        n_used = weights.sum(0).clamp_min(1.0)
+        samples = Normal(means, variances.sqrt()).rsample(shape)  # (*shape, J, n, d)
+        sample = (weights * F.normalize(samples, dim=-1)).sum(-3) / n_used
+        mean = (weights * F.normalize(means, dim=-1)).sum(0) / n_used
+        var = (weights * variances).sum(0) / n_used**2
+        return mean, var, sample
+
+    def _single(
+        self, means: torch.Tensor, variances: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Posterior of each single expert (elementwise), with one sample each."""
+        if self.combine == "poe":  # one expert times the N(0, I) prior
+            var = 1.0 / (1.0 + 1.0 / variances.clamp_min(1e-8))
+            mean = var * means / variances.clamp_min(1e-8)
+            return mean, var, Normal(mean, var.sqrt()).rsample()
+        sample = F.normalize(Normal(means, variances.sqrt()).rsample(), dim=-1)
+        return F.normalize(means, dim=-1), variances, sample
+
+    # ---------------------------------------------------------------- inference
+    @auto_move_data
+    def inference(
+        self,
+        x: torch.Tensor,
+        observed: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+        use_modalities: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """Run the K x K encoders and combine them over each cell's observed modalities.
+
+        ``use_modalities`` (0/1, length K) restricts the joint posterior to some modalities: the
+        embedding from RNA alone is ``(q(z_1 | x_rna), ..., q(z_K | x_rna))``.
+
+        Returns
+        -------
+        ``z``, ``qz_mean``, ``qz_var`` (joint, ``(n, K * d)``; ``z`` is ``(n_samples, n, K*d)``
+        for ``n_samples > 1``), ``library`` ``(n, K)``, ``observed`` (the mask used), and for the
+        loss: ``expert_means``/``expert_vars`` ``(K, K, n, d)`` indexed ``[k, j]`` for
+        ``q(z_k | x_j)``, ``z_self``/``z_cross`` samples ``(n, K * d)`` with their posterior
+        means/variances, and ``modality_means``/``modality_z`` ``(K, n, K * d)``: the latent
+        inferred from each single modality ``j``.
+        """
+        cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
+        enc_cont = cont_covs if self.encode_covariates else None
+        means, variances = [], []
+        for row in self.encoders:
+            row_out = [
+                encoder(x[:, s], *cats, cont_covs=enc_cont) for encoder, s in zip(row, self.slices)
+            ]
+            means.append(torch.stack([m for m, _ in row_out]))
+            variances.append(torch.stack([v for _, v in row_out]))
+        expert_means, expert_vars = torch.stack(means), torch.stack(variances)  # (K, K, n, d)
+
+        mask = observed if use_modalities is None else observed * use_modalities.to(observed)
+        joint = [
+            self._combined(
+                expert_means[k], expert_vars[k], mask, None if n_samples == 1 else n_samples
+            )
+            for k in range(self.n_modalities)
+        ]
+        qz_mean = torch.cat([m for m, _, _ in joint], dim=-1)
+        qz_var = torch.cat([v for _, v, _ in joint], dim=-1)
+        z = torch.cat([s for _, _, s in joint], dim=-1)
+
+        # single-modality posteriors q(z_k | x_j) and their samples
+        single_mean, single_var, single_z = self._single(expert_means, expert_vars)
+        modality_means = torch.cat(list(single_mean), dim=-1)  # (K_x, n, K*d)
+        modality_z = torch.cat(list(single_z), dim=-1)
+        eye = torch.eye(self.n_modalities, device=observed.device, dtype=observed.dtype)
+        self_mean = torch.cat([single_mean[k, k] for k in range(self.n_modalities)], dim=-1)
+        self_var = torch.cat([single_var[k, k] for k in range(self.n_modalities)], dim=-1)
+        z_self = torch.cat([single_z[k, k] for k in range(self.n_modalities)], dim=-1)
+        if self.n_modalities == 2:  # the other modality's single posterior
+            cross = [
+                (single_mean[k, 1 - k], single_var[k, 1 - k], single_z[k, 1 - k]) for k in (0, 1)
+            ]
+        else:
+            cross = [
+                self._combined(expert_means[k], expert_vars[k], observed * (1 - eye[k]))
+                for k in range(self.n_modalities)
+            ]
+        return {
+            "z": z,
+            "qz_mean": qz_mean,
+            "qz_var": qz_var,
+            "library": self.log_library(x),
+            "observed": mask,
+            "expert_means": expert_means,
+            "expert_vars": expert_vars,
+            "z_self": z_self,
+            "self_mean": self_mean,
+            "self_var": self_var,
+            "z_cross": torch.cat([s for _, _, s in cross], dim=-1),
+            "cross_mean": torch.cat([m for m, _, _ in cross], dim=-1),
+            "cross_var": torch.cat([v for _, v, _ in cross], dim=-1),
+            "modality_means": modality_means,
+            "modality_z": modality_z,
+        }
+
+    # ---------------------------------------------------------------- generative
+    def decoder_parameters(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters of modality ``k`` decoded from sub-space ``k`` of ``z``."""
+        return self.decoders[k].parameters_for(
+            self.subspace(z, k), *self._cat_list(batch_index, cat_covs), cont_covs=cont_covs
+        )
+
+    def _decode_all(self, z, library, cats, cont_covs) -> dict:
+        return {
+            spec.name: decoder(self.subspace(z, k), library[:, [k]], *cats, cont_covs=cont_covs)
+            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
+        }
+
+    @auto_move_data
+    def generative(
+        self,
+        z_self: torch.Tensor,
+        z_cross: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, dict]:
+        """Observation distributions of every modality from the self and the cross latents.
+
+        Decoding is skipped (empty dict) for a term whose weight is 0.
+        """
+        cats = self._cat_list(batch_index, cat_covs)
+        out = {"px_self": {}, "px_cross": {}}
+        if self.self_weight > 0:
+            out["px_self"] = self._decode_all(z_self, library, cats, cont_covs)
+        if self.cross_weight > 0:
+            out["px_cross"] = self._decode_all(z_cross, library, cats, cont_covs)
+        return out
+
+    # ---------------------------------------------------------------- losses
+    def _reconstruction(self, x: torch.Tensor, px: dict, mask: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood per cell and modality, ``(n, K)``, zero outside ``mask``."""
+        columns = []
+        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
+            nll = -px[spec.name].log_prob(lik.target(x[:, self.slices[k]])).sum(-1)
+            columns.append(nll * mask[:, k])
+        return torch.stack(columns, dim=1)
+
+    def _kl(self, mean: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """KL to N(0, I) per cell and sub-space, ``(n, K)``, zero outside ``mask``."""
+        kl = kl_divergence(Normal(mean, var.sqrt()), Normal(0.0, 1.0))
+        per_space = torch.stack(
+            [self.subspace(kl, k).sum(-1) for k in range(self.n_modalities)], dim=1
+        )
+        return per_space * mask
+
+    def _expert_kl(self, outputs: dict, mask_self: torch.Tensor, mask_cross: torch.Tensor):
+        """KL terms for ``combine="mean"``: on the raw experts (normalisation has no density)."""
+        kl = kl_divergence(
+            Normal(outputs["expert_means"], outputs["expert_vars"].sqrt()), Normal(0.0, 1.0)
+        ).sum(-1)  # (K, K, n), [k, j]
+        eye = torch.eye(self.n_modalities, device=kl.device, dtype=kl.dtype)
+        kl_self = torch.stack([kl[k, k] for k in range(self.n_modalities)], dim=1) * mask_self
+        observed = outputs["observed"]
+        cross = []
+        for k in range(self.n_modalities):
+            others = observed * (1 - eye[k])  # (n, K)
+            cross.append((kl[k].T * others).sum(1) / others.sum(1).clamp_min(1.0))
+        return kl_self, torch.stack(cross, dim=1) * mask_cross
+
+    def _pairs(self, observed: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """Pairs of modalities with the cells that have both."""
+        return [
+            (i, j, observed[:, i] * observed[:, j])
+            for i in range(self.n_modalities)
+            for j in range(i + 1, self.n_modalities)
+        ]
+
+    def _alignment(self, outputs: dict) -> torch.Tensor:
+        """Mean distance between single-modality latents over observed pairs, per cell."""
+        u = outputs["modality_means"]
+        observed = outputs["observed"]
+        total = torch.zeros_like(observed[:, 0])
+        n_pairs = torch.zeros_like(total)
+        for i, j, both in self._pairs(observed):
+            if self.alignment == "mse":
+                distance = (u[i] - u[j]).pow(2).sum(-1)
+            else:
+                distance = 1.0 - F.cosine_similarity(u[i], u[j], dim=-1)
+            total = total + both * distance
+            n_pairs = n_pairs + both
+        return total / n_pairs.clamp_min(1.0)
+
+    def _discriminator_terms(
+        self, modality_z: torch.Tensor, observed: torch.Tensor, noise_std: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits for every observed (cell, modality) latent, and their labels."""
+        cells, modality = observed.nonzero(as_tuple=True)
+        points = modality_z[modality, cells]
+        if noise_std > 0:
+            points = points + noise_std * torch.randn_like(points)
+        return self.discriminator(points), modality, cells
+
+    def discriminator_loss(
+        self, inference_outputs: dict, noise_std: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and accuracy of the discriminator on detached latents.
+
+        Parameters
+        ----------
+        inference_outputs
+            Output of :meth:`inference`.
+        noise_std
+            Standard deviation of Gaussian noise added to the discriminator's input.
+        """
+        logits, labels, _ = self._discriminator_terms(
+            inference_outputs["modality_z"].detach(), inference_outputs["observed"], noise_std
+        )
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
+        return loss, accuracy.detach()
+
+    def _adversarial(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoders' term (cross-entropy to uniform, per cell) and the discriminator's state."""
+        observed = outputs["observed"]
+        logits, labels, cells = self._discriminator_terms(outputs["modality_z"], observed)
+        # cross-entropy to the uniform distribution minus its minimum log K: 0 at chance
+        to_uniform = -F.log_softmax(logits, -1).mean(-1) - math.log(self.n_modalities)
+        per_cell = torch.zeros_like(observed[:, 0]).index_add(0, cells, to_uniform)
+        per_cell = per_cell / observed.sum(1).clamp_min(1.0)
+        with torch.no_grad():
+            accuracy = (logits.argmax(-1) == labels).float().mean()
+            d_loss = F.cross_entropy(logits, labels)
+        return per_cell, accuracy, d_loss
+
+    def _library_loss(self, tensors: dict, outputs: dict) -> torch.Tensor:
+        """Squared error of the library predictors on observed cells (the latent is detached)."""
+        z = outputs["qz_mean"].detach()
+        observed, library = outputs["observed"], outputs["library"]
+        loss = torch.zeros_like(observed[:, 0])
+        for k, spec in enumerate(self.modalities):
+            if spec.name in self.library_predictors:
+                predicted = self.predicted_library(
+                    k, z, tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY)
+                ).squeeze(-1)
+                loss = loss + observed[:, k] * (predicted - library[:, k]) ** 2
+        return loss
+
+    def loss(
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Weighted sum of the self ELBO, cross ELBO, alignment and adversarial terms.
+
+        Every term is logged in ``extra_metrics`` by name (unweighted per-cell means):
+        ``self_elbo``, ``cross_elbo``, ``alignment_loss``, ``adversarial_loss``,
+        ``reconstruction_loss_<modality>`` (self), ``cross_reconstruction_<modality>``,
+        ``kl_self``, ``kl_cross``, ``library_loss``, ``discriminator_loss`` and
+        ``discriminator_accuracy``.
+        """
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        out = inference_outputs
+        observed = out["observed"]
+        n_observed = observed.sum(1, keepdim=True)
+        # modality k of a cell has a cross term when another modality is observed too
+        cross_mask = observed * (n_observed - observed > 0).to(observed)
+        multimodal = (n_observed.squeeze(1) > 1).to(observed)
+        zeros = torch.zeros_like(observed)
+
+        if self.combine == "mean":
+            kl_self, kl_cross = self._expert_kl(out, observed, cross_mask)
+        else:
+            kl_self = self._kl(out["self_mean"], out["self_var"], observed)
+            kl_cross = self._kl(out["cross_mean"], out["cross_var"], cross_mask)
+
+        rec_self = rec_cross = zeros
+        if self.self_weight > 0:
+            rec_self = self._reconstruction(x, generative_outputs["px_self"], observed)
+        if self.cross_weight > 0:
+            rec_cross = self._reconstruction(x, generative_outputs["px_cross"], cross_mask)
+        self_elbo = (rec_self + kl_weight * kl_self).sum(1) if self.self_weight > 0 else zeros[:, 0]
+        cross_elbo = (
+            (rec_cross + kl_weight * kl_cross).sum(1) if self.cross_weight > 0 else zeros[:, 0]
+        )
+        alignment = self._alignment(out) if self.alignment_weight > 0 else zeros[:, 0]
+        alignment = alignment * multimodal
+        adversarial, d_accuracy, d_loss = self._adversarial(out)
+        if self.adversarial_weight == 0:
+            adversarial = zeros[:, 0]
+        library_loss = self._library_loss(tensors, out)
+
+        per_cell = (
+            self.self_weight * self_elbo
+            + self.cross_weight * cross_elbo
+            + self.alignment_weight * alignment
+            + self.adversarial_weight * adversarial
+            + library_loss
+        )
+        loss = per_cell.mean()
+
+        names = [spec.name for spec in self.modalities]
+        extra = {f"reconstruction_loss_{n}": rec_self[:, k].mean() for k, n in enumerate(names)}
+        extra.update(
+            {f"cross_reconstruction_{n}": rec_cross[:, k].mean() for k, n in enumerate(names)}
+        )
+        extra.update(
+            {
+                "self_elbo": self_elbo.mean(),
+                "cross_elbo": cross_elbo.mean(),
+                "kl_self": kl_self.sum(1).mean(),
+                "kl_cross": kl_cross.sum(1).mean(),
+                "alignment_loss": alignment.mean(),
+                "adversarial_loss": adversarial.mean(),
+                "library_loss": library_loss.mean(),
+                "discriminator_loss": d_loss,
+                "discriminator_accuracy": d_accuracy,
+            }
+        )
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss={n: rec_self[:, k] for k, n in enumerate(names)},
+            kl_local=kl_self.sum(1),
+            extra_metrics={k: v.detach() for k, v in extra.items()},
+        )
