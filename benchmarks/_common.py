@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: data location, dataset preparation, threads, memory.
+"""Shared helpers for the benchmarks: data, preparation, threads, memory, workers, reporting.
 
 The real data lives outside the repository (``../shared/data`` relative to the repository root,
 see that folder's README); it is read from there and never copied.
@@ -6,8 +6,13 @@ see that folder's README); it is read from there and never copied.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,3 +213,115 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def ratio(a, b) -> float | None:
+    """``a / b``, or None where either is missing/non-finite or ``b <= 0``."""
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b <= 0:
+        return None
+    return a / b
+
+
+def met(flag: bool | None) -> str:
+    """``MET`` / ``NOT MET`` / ``n/a`` for a target check."""
+    return "n/a" if flag is None else ("MET" if flag else "NOT MET")
+
+
+# ---------------------------------------------------------------------------- workers
+class Timer:
+    """Wall-clock timer: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+
+
+def epochs_run(model, requested: int) -> int:
+    """Epochs a scvi-tools model actually trained (early stopping may cut ``requested``)."""
+    trainer = getattr(model, "trainer", None)
+    n = getattr(trainer, "current_epoch", None)
+    return int(n) if n else int(requested)
+
+
+def snapshot_source(mode: str, workdir: Path) -> dict:
+    """Freeze the mosaicvi source for a whole benchmark run (others may edit src/ meanwhile).
+
+    ``mode="head"``: ``git archive HEAD src/mosaicvi`` into ``workdir/source``; ``"worktree"``:
+    a copy of the working tree's ``src/mosaicvi``. Workers and the parent's scoring import
+    mosaicvi from that copy (``info["path"]``, first on ``PYTHONPATH`` / ``sys.path``).
+    """
+    dest = workdir / "source"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *cmd], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    info: dict = {"mode": mode}
+    try:
+        info["commit"] = git("rev-parse", "--short", "HEAD")
+        info["dirty_src"] = bool(git("status", "--porcelain", "--", "src/mosaicvi"))
+    except (OSError, subprocess.CalledProcessError):
+        info["commit"], info["dirty_src"] = None, None
+    if mode == "head" and info["commit"]:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "archive", "HEAD", "src/mosaicvi"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        info["mode"] = "worktree"
+        shutil.copytree(REPO_ROOT / "src" / "mosaicvi", dest / "src" / "mosaicvi")
+    info["path"] = str(dest / "src")
+    return info
+
+
+def source_note(source: dict | None) -> str:
+    """One markdown bullet saying which mosaicvi code a report was computed with."""
+    if not source:
+        return "- mosaicvi source: working tree at run time (not frozen)."
+    return (
+        f"- mosaicvi source: frozen at start from {source['mode']} (commit {source['commit']}; "
+        f"uncommitted changes in src/mosaicvi at the time: {source['dirty_src']})."
+    )
+
+
+def launch_worker(
+    script: Path,
+    worker_args: list[str],
+    result: Path,
+    log: Path,
+    threads: int,
+    source_path: str,
+) -> tuple[dict | None, dict]:
+    """Run ``script --worker ...`` in a fresh subprocess with mosaicvi from ``source_path``.
+
+    The worker must write ``<result>.npz`` (arrays) and ``<result>.json`` (metadata). Returns
+    ``(arrays, meta)``, or ``(None, {"error": last log line, "wall_s": ...})`` if it failed;
+    stdout/stderr go to ``log``.
+    """
+    cmd = [sys.executable, str(script), *worker_args, "--result", str(result)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join([source_path, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text().splitlines()[-25:]
+        print(f"  !! {' '.join(worker_args)} failed (exit {proc.returncode}); log {log}:")
+        print("\n".join("     " + line for line in tail), flush=True)
+        return None, {"error": tail[-1] if tail else f"exit {proc.returncode}", "wall_s": wall}
+    with np.load(str(result) + ".npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    with open(str(result) + ".json") as fh:
+        meta = json.load(fh)
+    meta["wall_s"] = wall
+    return arrays, meta
