@@ -174,9 +174,7 @@ def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Pr
     mods = {}
     for name in ("rna", spec.second):
         a = raw.mod[name][cells]
-        mods[name] = ad.AnnData(
-            X=_to_csr32(a.X), obs=obs[[]].copy(), var=a.var[[]].copy()
-        )
+        mods[name] = ad.AnnData(X=_to_csr32(a.X), obs=obs[[]].copy(), var=a.var[[]].copy())
     batches = sorted(obs["batch"].unique())
     hidden_batches = batches[-spec.n_hidden_batches :]
     hidden = obs["batch"].isin(hidden_batches).to_numpy()

@@ -110,17 +110,14 @@ def _worker_multivae(prep: Prepared, epochs: int) -> tuple[dict, dict]:
         "z_rna_paired": model.get_latent_representation(indices=paired, modality="rna"),
         "z_second_paired": model.get_latent_representation(indices=paired, modality=second),
     }
-    pred = model.get_normalized_expression(
-        indices=hidden, modality=second, library_size="latent"
-    )
+    pred = model.get_normalized_expression(indices=hidden, modality=second, library_size="latent")
     assert list(pred.index) == list(full.obs_names[hidden])
     assert list(pred.columns) == list(full[second].var_names)
     out["imputed"] = pred.to_numpy(dtype=np.float32)
     meta = {
         "train_s": t.seconds,
         "epochs_run": _epochs_run(model, epochs),
-        "imputation_call": f"get_normalized_expression(modality={second!r}, "
-        "library_size='latent')",
+        "imputation_call": f"get_normalized_expression(modality={second!r}, library_size='latent')",
         "config": f"package defaults ({model.module.__class__.__name__}; train batch size "
         f"{batch_size})",
         "summary": str(model),
@@ -167,9 +164,7 @@ def _worker_totalvi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     with _Timer() as t:
         model.train(max_epochs=epochs, early_stopping=False, enable_progress_bar=False)
     hidden = np.flatnonzero(prep.hidden)
-    _, pro_mean = model.get_normalized_expression(
-        indices=hidden, include_protein_background=True
-    )
+    _, pro_mean = model.get_normalized_expression(indices=hidden, include_protein_background=True)
     _, pro_fore = model.get_normalized_expression(indices=hidden)
     assert list(pro_mean.columns) == list(prep.mdata["adt"].var_names)
     out = {
@@ -338,7 +333,8 @@ def snapshot_source(mode: str, workdir: Path) -> dict:
     if mode == "head" and info["commit"]:
         archive = subprocess.run(
             ["git", "-C", str(repo), "archive", "HEAD", "src/mosaicvi"],
-            capture_output=True, check=True,
+            capture_output=True,
+            check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     else:
@@ -371,9 +367,7 @@ def launch(method: str, key: str, epochs: int, threads: int, subsample, workdir:
     if subsample:
         cmd += ["--subsample", str(subsample)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [SOURCE_PATH, *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([SOURCE_PATH, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHONWARNINGS", "ignore")
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -412,9 +406,7 @@ def score(prep: Prepared, arrays: dict, meta: dict, threads: int) -> dict:
         res["imputation_alt"] = imputation_scores(arrays["imputed_alt"], truth)
     if "z_rna_paired" in arrays:
         res["knn_rna"] = knn_overlap(arrays["z_rna_paired"], arrays["z_joint_paired"], k=K_NN)
-        res["knn_second"] = knn_overlap(
-            arrays["z_second_paired"], arrays["z_joint_paired"], k=K_NN
-        )
+        res["knn_second"] = knn_overlap(arrays["z_second_paired"], arrays["z_joint_paired"], k=K_NN)
     res["score_s"] = time.perf_counter() - t0
     return res
 
@@ -422,33 +414,47 @@ def score(prep: Prepared, arrays: dict, meta: dict, threads: int) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--datasets", nargs="+", choices=list(DATASETS), default=None,
+        "--datasets",
+        nargs="+",
+        choices=list(DATASETS),
+        default=None,
         help="subset of datasets (default: all)",
     )
     p.add_argument(
-        "--epochs", type=int, default=None,
+        "--epochs",
+        type=int,
+        default=None,
         help="override the per-dataset epoch budget (same for MultiVAE and the peer)",
     )
     p.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help=f"smoke run: {QUICK_EPOCHS} epochs, SNARE-seq subsampled",
     )
     p.add_argument("--out", default=str(RESULTS_DIR / "integration.md"), help="markdown output")
     p.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=list(METHODS),
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
         help="methods to run (default: all)",
     )
     p.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch threads per worker (default: 2 on an idle machine, else 1)",
     )
     p.add_argument(
-        "--source", choices=["head", "worktree"], default="head",
+        "--source",
+        choices=["head", "worktree"],
+        default="head",
         help="mosaicvi code to benchmark, frozen at start: the last commit (default) or the "
         "working tree",
     )
     p.add_argument(
-        "--from-json", default=None,
+        "--from-json",
+        default=None,
         help="only re-render the markdown (to --out) from a JSON written by an earlier run",
     )
     # internal
@@ -577,8 +583,18 @@ def write_report(run: dict, results: dict, out_path: Path) -> None:
 
 def render(results: dict, run: dict) -> str:
     header = [
-        "dataset", "method", "bio", "batch", "total", "imput. Pearson", "RNA→joint 15-NN",
-        "2nd→joint 15-NN", "s/epoch", "epochs", "peak MB", "Δ train MB",
+        "dataset",
+        "method",
+        "bio",
+        "batch",
+        "total",
+        "imput. Pearson",
+        "RNA→joint 15-NN",
+        "2nd→joint 15-NN",
+        "s/epoch",
+        "epochs",
+        "peak MB",
+        "Δ train MB",
     ]
     rows, ratio_rows, targets = [], [], []
     for key, r in results.items():
