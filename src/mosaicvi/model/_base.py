@@ -29,6 +29,7 @@ from scvi.data.fields import (
     ObsmField,
 )
 from scvi.model._utils import _get_batch_code_from_category, parse_device_args
+from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs, prepare_query
@@ -502,6 +503,50 @@ class MosaicModelMixin:
         observed = inputs["observed"][:, [k]]
         predicted = self.module.predicted_library(k, z, inputs["batch_index"], inputs["cat_covs"])
         return observed * library[:, [k]] + (1 - observed) * predicted
+
+    # ------------------------------------------------------------------ training
+    def _train_with_defaults(
+        self,
+        max_epochs: int | None,
+        train_size: float,
+        early_stopping: bool,
+        plan_defaults: dict,
+        plan_kwargs: dict | None,
+        trainer_kwargs: dict,
+        **train_kwargs,
+    ):
+        """The ``train()`` body shared by the models.
+
+        Default epochs (scvi-tools' heuristic: fewer for more cells, at most 400), the model's
+        plan defaults plus a KL warm-up over a quarter of the epochs (at most 50), early stopping
+        on ``validation_loss`` (patience 20), and the callbacks that keep reference weights
+        fixed when the model is a mapped query.
+        """
+        if max_epochs is None:
+            max_epochs = int(min(400, max(20, round(20_000 / self.adata.n_obs * 400))))
+        plan_kwargs = {
+            **plan_defaults,
+            "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
+            **(plan_kwargs or {}),
+        }
+        trainer_kwargs["callbacks"] = [
+            *trainer_kwargs.get("callbacks", []),
+            *self._query_callbacks(),
+        ]
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        trainer_kwargs.setdefault("early_stopping_patience", 20)
+        if train_size >= 1.0 and early_stopping:
+            logger.info("train_size=1 leaves no validation cells; early stopping is disabled.")
+            early_stopping = False
+        return UnsupervisedTrainingMixin.train(
+            self,
+            max_epochs=max_epochs,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
+            **train_kwargs,
+            **trainer_kwargs,
+        )
 
     # ------------------------------------------------------------------ query mapping
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from mudata import MuData
@@ -14,8 +13,6 @@ from mosaicvi.module import CLUEModule
 from mosaicvi.train import AdversarialTrainingPlan
 
 from ._base import MosaicModelMixin
-
-logger = logging.getLogger("mosaicvi")
 
 
 class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -176,39 +173,27 @@ class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             Passed to :class:`scvi.train.Trainer`. A ``gradient_clip_val`` given here is moved
             to the plan (manual optimisation clips inside the training step).
         """
-        if max_epochs is None:
-            max_epochs = int(min(400, max(20, round(20_000 / self.adata.n_obs * 400))))
-        defaults = _published_defaults(self._has_chromatin())
-        plan_kwargs = {
-            "optimizer": "RMSprop",
-            "lr": 2e-3,
-            "max_kl_weight": defaults["max_kl_weight"],
-            "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
-            **(plan_kwargs or {}),
-        }
         if "gradient_clip_val" in trainer_kwargs:
+            plan_kwargs = {**(plan_kwargs or {})}
             plan_kwargs["gradient_clip_val"] = trainer_kwargs.pop("gradient_clip_val")
-        trainer_kwargs["callbacks"] = [
-            *trainer_kwargs.get("callbacks", []),
-            *self._query_callbacks(),
-        ]
         if train_size < 1.0:  # validation metrics every epoch, with or without early stopping
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", 20)
-        if train_size >= 1.0 and early_stopping:
-            logger.info("train_size=1 leaves no validation cells; early stopping is disabled.")
-            early_stopping = False
-        return super().train(
-            max_epochs=max_epochs,
+        defaults = _published_defaults(self._has_chromatin())
+        return self._train_with_defaults(
+            max_epochs,
+            train_size,
+            early_stopping,
+            plan_defaults={
+                "optimizer": "RMSprop",
+                "lr": 2e-3,
+                "max_kl_weight": defaults["max_kl_weight"],
+            },
+            plan_kwargs=plan_kwargs,
+            trainer_kwargs=trainer_kwargs,
             accelerator=accelerator,
             devices=devices,
-            train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from mudata import MuData
@@ -13,8 +12,6 @@ from mosaicvi.module import MultiVAEModule
 from mosaicvi.train import MultiVAETrainingPlan
 
 from ._base import MosaicModelMixin
-
-logger = logging.getLogger("mosaicvi")
 
 
 class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -133,32 +130,15 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
-        if max_epochs is None:
-            max_epochs = int(min(400, max(20, round(20_000 / self.adata.n_obs * 400))))
-        plan_kwargs = {
-            "lr": 1e-3,
-            "mmd_weight": 1.0,
-            "max_kl_weight": 0.1,
-            "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
-            **(plan_kwargs or {}),
-        }
-        trainer_kwargs["callbacks"] = [
-            *trainer_kwargs.get("callbacks", []),
-            *self._query_callbacks(),
-        ]
-        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-        trainer_kwargs.setdefault("early_stopping_patience", 20)
-        if train_size >= 1.0 and early_stopping:
-            logger.info("train_size=1 leaves no validation cells; early stopping is disabled.")
-            early_stopping = False
-        return super().train(
-            max_epochs=max_epochs,
+        return self._train_with_defaults(
+            max_epochs,
+            train_size,
+            early_stopping,
+            plan_defaults={"lr": 1e-3, "mmd_weight": 1.0, "max_kl_weight": 0.1},
+            plan_kwargs=plan_kwargs,
+            trainer_kwargs=trainer_kwargs,
             accelerator=accelerator,
             devices=devices,
-            train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
         )

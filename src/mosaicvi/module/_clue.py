@@ -9,14 +9,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from scvi.nn import FCLayers
+from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from mosaicvi.data import OBSERVED_KEY, ModalitySpec
-from mosaicvi.distributions import get_likelihood, product_of_experts
+from mosaicvi.data import ModalitySpec
+from mosaicvi.distributions import product_of_experts
 from mosaicvi.nn import ModalityDecoder, ModalityEncoder
+
+from ._base import MosaicModule
 
 Combine = Literal["poe", "mean"]
 Alignment = Literal["mse", "cosine"]
@@ -57,7 +58,7 @@ class ModalityDiscriminator(nn.Module):
         return self.net(z)
 
 
-class CLUEModule(BaseModuleClass):
+class CLUEModule(MosaicModule):
     """Cross-linked unified embedding (CLUE) over K >= 2 modalities.
 
     The latent of a cell is the concatenation ``z = (z_1, ..., z_K)`` of one sub-space of
@@ -136,7 +137,7 @@ class CLUEModule(BaseModuleClass):
         discriminator_layers: int = 2,
         library_log_means: torch.Tensor | None = None,
     ):
-        super().__init__()
+        super().__init__(modalities)
         if combine not in ("poe", "mean"):
             raise ValueError(f"combine must be 'poe' or 'mean', got {combine!r}.")
         if alignment not in ("mse", "cosine"):
@@ -150,7 +151,6 @@ class CLUEModule(BaseModuleClass):
         negative = [name for name, w in weights.items() if w < 0]
         if negative:
             raise ValueError(f"Loss weights must be >= 0: {negative}.")
-        self.modalities = list(modalities)
         self.n_modalities = len(self.modalities)
         self.n_latent_per_modality = n_latent
         self.n_latent = n_latent * self.n_modalities  # size of the embedding, K * d
@@ -162,9 +162,6 @@ class CLUEModule(BaseModuleClass):
         self.alignment_weight = alignment_weight
         self.adversarial_weight = adversarial_weight
         self.encode_covariates = encode_covariates
-        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
-        bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
-        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
         n_cat_list = [n_batch] + list(n_cats_per_cov or [])
         encoder_cats = n_cat_list if encode_covariates else None
@@ -196,40 +193,9 @@ class CLUEModule(BaseModuleClass):
             n_layers=discriminator_layers,
             dropout_rate=dropout_rate,
         )
-        # log library of each count modality predicted from the embedding (cells lacking it)
-        self.library_predictors = nn.ModuleDict()
-        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
-            if lik.uses_library:
-                predictor = FCLayers(
-                    n_in=self.n_latent,
-                    n_out=1,
-                    n_cat_list=n_cat_list,
-                    n_layers=1,
-                    use_activation=False,
-                    use_batch_norm=False,
-                    dropout_rate=0.0,
-                )
-                if library_log_means is not None:
-                    with torch.no_grad():
-                        predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
-                self.library_predictors[spec.name] = predictor
+        self._init_library_predictors(self.n_latent, n_cat_list, library_log_means)
 
     # ---------------------------------------------------------------- plumbing
-    @staticmethod
-    def _covariates(tensors: dict) -> dict:
-        return {
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
-        }
-
-    def _get_inference_input(self, tensors: dict) -> dict:
-        return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "observed": tensors[OBSERVED_KEY],
-            **self._covariates(tensors),
-        }
-
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {
             "z_self": inference_outputs["z_self"],
@@ -238,32 +204,10 @@ class CLUEModule(BaseModuleClass):
             **self._covariates(tensors),
         }
 
-    @staticmethod
-    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
-        cats = [batch_index]
-        if cat_covs is not None:
-            cats.extend(torch.split(cat_covs, 1, dim=1))
-        return cats
-
     def subspace(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Sub-space ``k`` (``d`` dimensions) of an embedding ``(..., K * d)``."""
         d = self.n_latent_per_modality
         return z[..., k * d : (k + 1) * d]
-
-    def log_library(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
-        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
-
-    def predicted_library(
-        self,
-        k: int,
-        z: torch.Tensor,
-        batch_index: torch.Tensor,
-        cat_covs: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Log library of count modality ``k`` predicted from the embedding ``z``, ``(n, 1)``."""
-        predictor = self.library_predictors[self.modalities[k].name]
-        return predictor(z, *self._cat_list(batch_index, cat_covs))
 
     # ---------------------------------------------------------------- posteriors
     def _combined(
@@ -522,19 +466,6 @@ class CLUEModule(BaseModuleClass):
             accuracy = (logits.argmax(-1) == labels).float().mean()
             d_loss = F.cross_entropy(logits, labels)
         return per_cell, accuracy, d_loss
-
-    def _library_loss(self, tensors: dict, outputs: dict) -> torch.Tensor:
-        """Squared error of the library predictors on observed cells (the latent is detached)."""
-        z = outputs["qz_mean"].detach()
-        observed, library = outputs["observed"], outputs["library"]
-        loss = torch.zeros_like(observed[:, 0])
-        for k, spec in enumerate(self.modalities):
-            if spec.name in self.library_predictors:
-                predicted = self.predicted_library(
-                    k, z, tensors[REGISTRY_KEYS.BATCH_KEY], tensors.get(REGISTRY_KEYS.CAT_COVS_KEY)
-                ).squeeze(-1)
-                loss = loss + observed[:, k] * (predicted - library[:, k]) ** 2
-        return loss
 
     def loss(
         self,

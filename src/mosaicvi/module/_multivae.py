@@ -8,19 +8,20 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from scvi.nn import FCLayers
+from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from mosaicvi.data import OBSERVED_KEY, ModalitySpec
-from mosaicvi.distributions import MIXINGS, get_likelihood, groupwise_mmd
+from mosaicvi.data import ModalitySpec
+from mosaicvi.distributions import MIXINGS, groupwise_mmd
 from mosaicvi.nn import ModalityDecoder, ModalityEncoder
+
+from ._base import MosaicModule
 
 IntegrationLoss = Literal["latent", "marginal"]
 
 
-class MultiVAEModule(BaseModuleClass):
+class MultiVAEModule(MosaicModule):
     """Multimodal VAE with a joint posterior over the *observed* modalities of each cell.
 
     Every modality k has an encoder ``q(z | x_k)`` and a decoder ``p(x_k | z, covariates)``. The
@@ -72,22 +73,18 @@ class MultiVAEModule(BaseModuleClass):
         integration_loss: IntegrationLoss | None = "latent",
         library_log_means: torch.Tensor | None = None,
     ):
-        super().__init__()
+        super().__init__(modalities)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {mixing!r}.")
         if integration_loss not in (None, "latent", "marginal"):
             raise ValueError(
                 f"integration_loss must be 'latent', 'marginal' or None, got {integration_loss!r}."
             )
-        self.modalities = list(modalities)
         self.n_latent = n_latent
         self.n_batch = n_batch
         self.mixing = mixing
         self.unimodal_weight = unimodal_weight
         self.integration_loss = integration_loss
-        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
-        bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
-        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
         n_cat_list = [n_batch] + list(n_cats_per_cov or [])
         encoder_cats = n_cat_list if encode_covariates else None
@@ -116,84 +113,15 @@ class MultiVAEModule(BaseModuleClass):
             )
             for spec, lik in zip(self.modalities, self.likelihoods)
         )
-        # log library of each count modality predicted from z (for cells that lack it)
-        self.library_predictors = nn.ModuleDict()
-        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
-            if lik.uses_library:
-                predictor = FCLayers(
-                    n_in=n_latent,
-                    n_out=1,
-                    n_cat_list=n_cat_list,
-                    n_layers=1,
-                    use_activation=False,
-                    use_batch_norm=False,
-                    dropout_rate=0.0,
-                )
-                if library_log_means is not None:
-                    with torch.no_grad():
-                        predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
-                self.library_predictors[spec.name] = predictor
+        self._init_library_predictors(n_latent, n_cat_list, library_log_means)
 
     # ---------------------------------------------------------------- plumbing
-    @staticmethod
-    def _covariates(tensors: dict) -> dict:
-        return {
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
-        }
-
-    def _get_inference_input(self, tensors: dict) -> dict:
-        return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "observed": tensors[OBSERVED_KEY],
-            **self._covariates(tensors),
-        }
-
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {
             "z": inference_outputs["z"],
             "library": inference_outputs["library"],
             **self._covariates(tensors),
         }
-
-    @staticmethod
-    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
-        cats = [batch_index]
-        if cat_covs is not None:
-            cats.extend(torch.split(cat_covs, 1, dim=1))
-        return cats
-
-    def log_library(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
-        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
-
-    def predicted_library(
-        self,
-        k: int,
-        z: torch.Tensor,
-        batch_index: torch.Tensor,
-        cat_covs: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Log library of count modality ``k`` predicted from ``z`` and covariates, ``(n, 1)``."""
-        predictor = self.library_predictors[self.modalities[k].name]
-        return predictor(z, *self._cat_list(batch_index, cat_covs))
-
-    def _library_loss(self, tensors: dict, inference_outputs: dict) -> torch.Tensor:
-        """Squared error of the library predictors on observed cells (z is not moved by it)."""
-        z = inference_outputs["qz_mean"].detach()
-        observed, library = inference_outputs["observed"], inference_outputs["library"]
-        loss = torch.zeros_like(observed[:, 0])
-        for k, spec in enumerate(self.modalities):
-            if spec.name in self.library_predictors:
-                predicted = self.predicted_library(
-                    k,
-                    z,
-                    tensors[REGISTRY_KEYS.BATCH_KEY],
-                    tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-                ).squeeze(-1)
-                loss = loss + observed[:, k] * (predicted - library[:, k]) ** 2
-        return loss
 
     def combine(
         self, expert_means: torch.Tensor, expert_vars: torch.Tensor, observed: torch.Tensor

@@ -1,0 +1,114 @@
+"""Plumbing shared by every mosaicvi module: modalities, covariates and library sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass
+from scvi.nn import FCLayers
+from torch import nn
+
+from mosaicvi.data import OBSERVED_KEY, ModalitySpec
+from mosaicvi.distributions import get_likelihood
+
+
+class MosaicModule(BaseModuleClass):
+    """Base of the mosaicvi modules.
+
+    Knows the modalities (their likelihoods and column slices of ``X``), reads covariates from a
+    minibatch, computes observed log library sizes and predicts them from a latent for cells that
+    lack a count modality. Subclasses implement ``inference``, ``generative`` and ``loss``, and
+    their inference outputs hold ``qz_mean``, ``observed`` and ``library``.
+
+    Parameters
+    ----------
+    modalities
+        One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
+    """
+
+    def __init__(self, modalities: Sequence[ModalitySpec]):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
+        bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _init_library_predictors(
+        self,
+        n_latent: int,
+        n_cat_list: Sequence[int],
+        library_log_means: torch.Tensor | None,
+    ) -> None:
+        """One linear head per count modality: log library from the latent and covariates."""
+        self.library_predictors = nn.ModuleDict()
+        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
+            if not lik.uses_library:
+                continue
+            predictor = FCLayers(
+                n_in=n_latent,
+                n_out=1,
+                n_cat_list=list(n_cat_list),
+                n_layers=1,
+                use_activation=False,
+                use_batch_norm=False,
+                dropout_rate=0.0,
+            )
+            if library_log_means is not None:  # start at the mean: Adam moves a bias slowly
+                with torch.no_grad():
+                    predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
+            self.library_predictors[spec.name] = predictor
+
+    @staticmethod
+    def _covariates(tensors: dict) -> dict:
+        return {
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "observed": tensors[OBSERVED_KEY],
+            **self._covariates(tensors),
+        }
+
+    @staticmethod
+    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
+        cats = [batch_index]
+        if cat_covs is not None:
+            cats.extend(torch.split(cat_covs, 1, dim=1))
+        return cats
+
+    def log_library(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
+        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
+
+    def predicted_library(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Log library of count modality ``k`` predicted from ``z`` and covariates, ``(n, 1)``."""
+        predictor = self.library_predictors[self.modalities[k].name]
+        return predictor(z, *self._cat_list(batch_index, cat_covs))
+
+    def _library_loss(self, tensors: dict, inference_outputs: dict) -> torch.Tensor:
+        """Squared error of the library predictors on observed cells (z is not moved by it)."""
+        z = inference_outputs["qz_mean"].detach()
+        observed, library = inference_outputs["observed"], inference_outputs["library"]
+        loss = torch.zeros_like(observed[:, 0])
+        for k, spec in enumerate(self.modalities):
+            if spec.name in self.library_predictors:
+                predicted = self.predicted_library(
+                    k,
+                    z,
+                    tensors[REGISTRY_KEYS.BATCH_KEY],
+                    tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+                ).squeeze(-1)
+                loss = loss + observed[:, k] * (predicted - library[:, k]) ** 2
+        return loss
