@@ -297,12 +297,14 @@ def launch_worker(
     log: Path,
     threads: int,
     source_path: str,
+    label: str | None = None,
 ) -> tuple[dict | None, dict]:
     """Run ``script --worker ...`` in a fresh subprocess with mosaicvi from ``source_path``.
 
     The worker must write ``<result>.npz`` (arrays) and ``<result>.json`` (metadata). Returns
     ``(arrays, meta)``, or ``(None, {"error": last log line, "wall_s": ...})`` if it failed;
-    stdout/stderr go to ``log``.
+    stdout/stderr go to ``log``. ``label`` names the run in the failure message (default: the
+    worker arguments).
     """
     cmd = [sys.executable, str(script), *worker_args, "--result", str(result)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -314,7 +316,8 @@ def launch_worker(
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = log.read_text().splitlines()[-25:]
-        print(f"  !! {' '.join(worker_args)} failed (exit {proc.returncode}); log {log}:")
+        label = label or " ".join(worker_args)
+        print(f"  !! {label} failed (exit {proc.returncode}); log {log}:", flush=True)
         print("\n".join("     " + line for line in tail), flush=True)
         return None, {"error": tail[-1] if tail else f"exit {proc.returncode}", "wall_s": wall}
     with np.load(str(result) + ".npz", allow_pickle=False) as npz:

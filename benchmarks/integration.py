@@ -31,8 +31,6 @@ import argparse
 import inspect
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -45,14 +43,21 @@ from _common import (  # noqa: E402
     DATASETS,
     RESULTS_DIR,
     Prepared,
+    Timer,
     auto_threads,
+    epochs_run,
     fmt,
+    launch_worker,
     markdown_table,
+    met,
     peak_rss_mb,
     prepare_dataset,
+    ratio,
     reset_peak_rss,
     rss_mb,
     set_threads,
+    snapshot_source,
+    source_note,
 )
 
 METHODS = ("MultiVAE", "peer", "PCA")
@@ -64,21 +69,6 @@ QUICK_SUBSAMPLE = {"snare_cortex": 1500}
 
 
 # ============================================================================ workers
-class _Timer:
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
-
-
-def _epochs_run(model, requested: int) -> int:
-    trainer = getattr(model, "trainer", None)
-    n = getattr(trainer, "current_epoch", None)
-    return int(n) if n else int(requested)
-
-
 def _obs_frame(prep: Prepared, index):
     return prep.mdata.obs.loc[index, ["batch", "cell_type"]].copy()
 
@@ -99,7 +89,7 @@ def _worker_multivae(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     )
     model = mv.model.MultiVAE(mosaic)
     print(model, flush=True)
-    with _Timer() as t:  # package defaults otherwise (no tuning here)
+    with Timer() as t:  # package defaults otherwise (no tuning here)
         model.train(max_epochs=epochs, early_stopping=False, enable_progress_bar=False)
     batch_size = inspect.signature(model.train).parameters["batch_size"].default
     paired = np.flatnonzero(keep)
@@ -116,7 +106,7 @@ def _worker_multivae(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     out["imputed"] = pred.to_numpy(dtype=np.float32)
     meta = {
         "train_s": t.seconds,
-        "epochs_run": _epochs_run(model, epochs),
+        "epochs_run": epochs_run(model, epochs),
         "imputation_call": f"get_normalized_expression(modality={second!r}, library_size='latent')",
         "config": f"package defaults ({model.module.__class__.__name__}; train batch size "
         f"{batch_size})",
@@ -161,7 +151,7 @@ def _worker_totalvi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
         model = scvi.model.TOTALVI(mdata)
     print(model, flush=True)
     mask = getattr(model.module, "protein_batch_mask", None)
-    with _Timer() as t:
+    with Timer() as t:
         model.train(max_epochs=epochs, early_stopping=False, enable_progress_bar=False)
     hidden = np.flatnonzero(prep.hidden)
     _, pro_mean = model.get_normalized_expression(indices=hidden, include_protein_background=True)
@@ -174,7 +164,7 @@ def _worker_totalvi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     }
     meta = {
         "train_s": t.seconds,
-        "epochs_run": _epochs_run(model, epochs),
+        "epochs_run": epochs_run(model, epochs),
         "imputation_call": "get_normalized_expression(include_protein_background=True)[1] "
         "(expected protein counts: foreground + background); alt = default (foreground only)",
         "config": "defaults: n_latent 20, batch 256, lr 4e-3, reduce_lr_on_plateau (validation "
@@ -193,7 +183,7 @@ def _worker_multivi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     )
     model = scvi.model.MULTIVI(mdata)
     print(model, flush=True)
-    with _Timer() as t:
+    with Timer() as t:
         model.train(max_epochs=epochs, early_stopping=False, enable_progress_bar=False)
     paired = np.flatnonzero(~prep.hidden)
     hidden = np.flatnonzero(prep.hidden)
@@ -211,7 +201,7 @@ def _worker_multivi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     n_zero_atac = int((np.asarray(prep.mdata["atac"].X[paired].sum(1)).ravel() == 0).sum())
     meta = {
         "train_s": t.seconds,
-        "epochs_run": _epochs_run(model, epochs),
+        "epochs_run": epochs_run(model, epochs),
         "imputation_call": "get_normalized_accessibility() (accessibility probabilities)",
         "config": "defaults: n_latent sqrt(n_hidden), batch 128, lr 1e-4, 2-layer enc/dec, "
         "adversarial mixing; missing ATAC detected from all-zero rows",
@@ -226,7 +216,7 @@ def _worker_pca(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     from sklearn.neighbors import NearestNeighbors
 
     full, second = prep.mdata, prep.second
-    with _Timer() as t:
+    with Timer() as t:
         rna = full["rna"].copy()
         sc.pp.normalize_total(rna, target_sum=1e4)
         sc.pp.log1p(rna)
@@ -307,83 +297,22 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 # ============================================================================ parent
-def snapshot_source(mode: str, workdir: Path) -> dict:
-    """Freeze the mosaicvi source for the whole run (others may edit src/ meanwhile).
-
-    ``mode="head"``: ``git archive HEAD src/mosaicvi`` into ``workdir/source``; ``"worktree"``:
-    a copy of the working tree's ``src/mosaicvi``. Workers and the parent's scoring import
-    mosaicvi from that copy (first on ``PYTHONPATH`` / ``sys.path``).
-    """
-    repo = Path(__file__).resolve().parent.parent
-    dest = workdir / "source"
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *cmd], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    info: dict = {"mode": mode}
-    try:
-        info["commit"] = git("rev-parse", "--short", "HEAD")
-        info["dirty_src"] = bool(git("status", "--porcelain", "--", "src/mosaicvi"))
-    except (OSError, subprocess.CalledProcessError):
-        info["commit"], info["dirty_src"] = None, None
-    if mode == "head" and info["commit"]:
-        archive = subprocess.run(
-            ["git", "-C", str(repo), "archive", "HEAD", "src/mosaicvi"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    else:
-        info["mode"] = "worktree"
-        shutil.copytree(repo / "src" / "mosaicvi", dest / "src" / "mosaicvi")
-    info["path"] = str(dest / "src")
-    return info
-
-
-SOURCE_PATH = str(Path(__file__).resolve().parent.parent / "src")
-
-
-def launch(method: str, key: str, epochs: int, threads: int, subsample, workdir: Path):
+def launch(method: str, key: str, epochs: int, threads: int, subsample, workdir: Path, source_path):
     """Run one method in a fresh subprocess; returns (arrays, meta) or (None, error meta)."""
+    worker_args = ["--worker", method, key, "--epochs", str(epochs), "--threads", str(threads)]
+    if subsample:
+        worker_args += ["--subsample", str(subsample)]
     result = workdir / f"{key}__{method}"
     log = workdir / f"{key}__{method}.log"
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        method,
-        key,
-        "--epochs",
-        str(epochs),
-        "--threads",
-        str(threads),
-        "--result",
-        str(result),
-    ]
-    if subsample:
-        cmd += ["--subsample", str(subsample)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["PYTHONPATH"] = os.pathsep.join([SOURCE_PATH, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = log.read_text().splitlines()[-25:]
-        print(f"  !! {method} on {key} failed (exit {proc.returncode}); log {log}:", flush=True)
-        print("\n".join("     " + line for line in tail), flush=True)
-        return None, {"error": tail[-1] if tail else f"exit {proc.returncode}", "wall_s": wall}
-    with np.load(str(result) + ".npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    with open(str(result) + ".json") as fh:
-        meta = json.load(fh)
-    meta["wall_s"] = wall
-    return arrays, meta
+    return launch_worker(
+        Path(__file__).resolve(),
+        worker_args,
+        result,
+        log,
+        threads,
+        source_path,
+        label=f"{method} on {key}",
+    )
 
 
 def score(prep: Prepared, arrays: dict, meta: dict, threads: int) -> dict:
@@ -484,12 +413,6 @@ def _row(key: str, method: str, res: dict | None, meta: dict) -> list[str]:
     ]
 
 
-def _ratio(a, b) -> float | None:
-    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b <= 0:
-        return None
-    return a / b
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
@@ -509,13 +432,12 @@ def main(argv=None) -> None:
     workdir = out_path.parent / (out_path.stem + "_work")
     workdir.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    global SOURCE_PATH
     source = snapshot_source(args.source, workdir)
-    SOURCE_PATH = source["path"]
-    sys.path.insert(0, SOURCE_PATH)  # the parent's scoring uses the same frozen copy
+    source_path = source["path"]
+    sys.path.insert(0, source_path)  # the parent's scoring uses the same frozen copy
     print(
         f"mosaicvi source frozen for this run: {source['mode']} (commit {source['commit']}, "
-        f"uncommitted changes in src/mosaicvi: {source['dirty_src']}) -> {SOURCE_PATH}",
+        f"uncommitted changes in src/mosaicvi: {source['dirty_src']}) -> {source_path}",
         flush=True,
     )
     print(
@@ -543,7 +465,7 @@ def main(argv=None) -> None:
         for method in args.methods:
             name = spec.peer if method == "peer" else method
             print(f"[{time.perf_counter() - t_start:7.0f}s] {key}: {name} ...", flush=True)
-            arrays, meta = launch(name, key, epochs, threads, subsample, workdir)
+            arrays, meta = launch(name, key, epochs, threads, subsample, workdir, source_path)
             res = None
             if arrays is not None:
                 try:
@@ -603,11 +525,9 @@ def render(results: dict, run: dict) -> str:
         mv, peer = r["methods"].get("MultiVAE"), r["methods"].get(r["peer"])
         if not (mv and peer and mv["scores"] and peer["scores"]):
             continue
-        tot = _ratio(mv["scores"]["scib"]["total"], peer["scores"]["scib"]["total"])
-        pear = _ratio(
-            mv["scores"]["imputation"]["pearson"], peer["scores"]["imputation"]["pearson"]
-        )
-        spe = _ratio(mv["meta"].get("s_per_epoch"), peer["meta"].get("s_per_epoch"))
+        tot = ratio(mv["scores"]["scib"]["total"], peer["scores"]["scib"]["total"])
+        pear = ratio(mv["scores"]["imputation"]["pearson"], peer["scores"]["imputation"]["pearson"])
+        spe = ratio(mv["meta"].get("s_per_epoch"), peer["meta"].get("s_per_epoch"))
         ratio_rows.append([key, f"MultiVAE / {r['peer']}", fmt(tot), fmt(pear), fmt(spe)])
         targets.append((key, r["peer"], mv, peer))
 
@@ -624,19 +544,6 @@ def render(results: dict, run: dict) -> str:
     return "\n".join(lines)
 
 
-def _source_note(source: dict | None) -> str:
-    if not source:
-        return "- mosaicvi source: working tree at run time (not frozen)."
-    return (
-        f"- mosaicvi source: frozen at start from {source['mode']} (commit {source['commit']}; "
-        f"uncommitted changes in src/mosaicvi at the time: {source['dirty_src']})."
-    )
-
-
-def _met(flag: bool | None) -> str:
-    return "n/a" if flag is None else ("MET" if flag else "NOT MET")
-
-
 def _targets(targets) -> list[str]:
     out = []
     for key, peer_name, mv, peer in targets:
@@ -645,12 +552,12 @@ def _targets(targets) -> list[str]:
         knn = mv["scores"].get("knn_rna")
         ms, ps = mv["meta"].get("s_per_epoch"), peer["meta"].get("s_per_epoch")
         out.append(
-            f"- {key}: total ≥ {peer_name}: {_met(mt >= pt)} ({mt:.4f} vs {pt:.4f}); "
-            f"imputation Pearson ≥ {peer_name}: {_met(mp >= pp)} ({mp:.4f} vs {pp:.4f}); "
-            f"RNA-only 15-NN overlap ≥ 0.7: {_met(None if knn is None else knn >= 0.7)} "
+            f"- {key}: total ≥ {peer_name}: {met(mt >= pt)} ({mt:.4f} vs {pt:.4f}); "
+            f"imputation Pearson ≥ {peer_name}: {met(mp >= pp)} ({mp:.4f} vs {pp:.4f}); "
+            f"RNA-only 15-NN overlap ≥ 0.7: {met(None if knn is None else knn >= 0.7)} "
             f"({fmt(knn, 4)}); "
             + (
-                f"s/epoch ≤ TOTALVI: {_met(ms <= ps)} ({ms:.4f} vs {ps:.4f})"
+                f"s/epoch ≤ TOTALVI: {met(ms <= ps)} ({ms:.4f} vs {ps:.4f})"
                 if peer_name == "TOTALVI" and ms and ps
                 else f"s/epoch vs {peer_name} (informative; target is stated vs TOTALVI): "
                 f"{fmt(ms)} vs {fmt(ps)}"
@@ -691,7 +598,7 @@ def _notes(results: dict, run: dict) -> list[str]:
         f"share this machine, so timings are noisy). Seed {SEED}. Whole run: "
         f"{run['total_s'] / 60:.1f} min.",
         "- Ratios are left n/a where the peer's value is ≤ 0 (a ratio to ~0 means nothing).",
-        _source_note(run.get("source")),
+        source_note(run.get("source")),
     ]
     for key, r in results.items():
         extra = "; ".join(r["notes"])
