@@ -286,6 +286,15 @@ class MosaicModelMixin:
             start = stop
         return torch.as_tensor(means)
 
+    def _covariate_sizes(self) -> dict:
+        """``n_batch``, ``n_cats_per_cov`` and ``n_continuous_cov`` for building a module."""
+        cat_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
+        return {
+            "n_batch": self.summary_stats.n_batch,
+            "n_cats_per_cov": list(cat_state.get("n_cats_per_key", [])),
+            "n_continuous_cov": self.summary_stats.get("n_extra_continuous_covs", 0),
+        }
+
     def _check_modality(self, modality: str) -> int:
         if modality not in self.modalities:
             raise KeyError(f"Unknown modality {modality!r}; this model has {self.modalities}.")

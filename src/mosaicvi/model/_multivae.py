@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from mudata import MuData
-from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from mosaicvi.module import MultiVAEModule
@@ -70,13 +69,9 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         super().__init__(self._init_mosaic(adata))
         specs = self.modality_specs
         n_batch = self.summary_stats.n_batch
-        cat_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)
-        n_cats_per_cov = list(cat_state.n_cats_per_key) if "n_cats_per_key" in cat_state else []
         self.module = self._module_cls(
             specs,
-            n_batch=n_batch,
-            n_cats_per_cov=n_cats_per_cov,
-            n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
+            **self._covariate_sizes(),
             n_latent=n_latent,
             n_hidden=n_hidden,
             n_layers=n_layers,
