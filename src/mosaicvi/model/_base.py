@@ -233,8 +233,6 @@ class MosaicModelMixin:
 
     @classmethod
     def _assembled_for(cls, mdata: MuData) -> ad.AnnData:
-        if isinstance(mdata, ad.AnnData) and OBSERVED_OBSM_KEY in mdata.obsm:
-            return mdata  # already an assembled object (internal use)
         assembled = _recall(cls, mdata) if isinstance(mdata, MuData) else None
         if assembled is None:
             raise ValueError(
@@ -246,11 +244,11 @@ class MosaicModelMixin:
     def _init_mosaic(self, mdata: MuData) -> ad.AnnData:
         """Resolve the user's MuData to its assembled AnnData (call before BaseModelClass init)."""
         assembled = self._assembled_for(mdata)
-        self._mdata = mdata if isinstance(mdata, MuData) else None
+        self._mdata = mdata
         return assembled
 
     @property
-    def mdata(self) -> MuData | None:
+    def mdata(self) -> MuData:
         """The MuData the model was created with."""
         return self._mdata
 
