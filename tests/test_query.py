@@ -206,3 +206,19 @@ def test_label_transfer_uncertainty():
     assert result["uncertainty"].iloc[0] < 1e-6 and result["uncertainty"].iloc[1] < 1e-6
     with pytest.raises(ValueError, match="dimensions"):
         mv.tools.label_transfer(reference, labels, query[:, :1])
+
+
+def test_saved_and_reloaded_query_keeps_reference_frozen(cite_sim, tmp_path):
+    reference, query, model = cite_sim
+    query_model = MultiVAE.load_query_data(query, model)
+    query_model.save(tmp_path / "query", overwrite=True)
+    reloaded = MultiVAE.load(tmp_path / "query", query_model.mdata)
+    reloaded.train(
+        max_epochs=2,
+        early_stopping=False,
+        enable_progress_bar=False,
+        plan_kwargs={"weight_decay": 1e-2},
+    )
+    trained = reloaded.module.state_dict()
+    for name, old in model.module.state_dict().items():
+        assert torch.equal(trained[name][..., : old.shape[-1]], old), name

@@ -37,7 +37,7 @@ from mosaicvi.data._constants import BATCH_COLUMN, OBSERVED_OBSM_KEY
 from mosaicvi.distributions import get_likelihood
 from mosaicvi.train import FrozenReferenceCallback
 
-from ._surgery import transfer_reference_weights
+from ._surgery import freeze, transfer_reference_weights
 
 logger = logging.getLogger("mosaicvi")
 
@@ -633,16 +633,21 @@ class MosaicModelMixin:
             *cat_state.get("n_cats_per_key", []),
         ]
         model.module.to(torch_device)
-        model._trainable_masks = transfer_reference_weights(
+        # saved with the model (trailing underscore), so a reloaded query stays frozen too
+        model.trainable_masks_ = transfer_reference_weights(
             reference_state, model.module, reference_n_cats, unfrozen
         )
+        freeze(model.module, model.trainable_masks_)
         model.module.eval()
         return model
 
     def _query_callbacks(self) -> list:
-        """Callbacks that keep reference weights fixed when this model is a mapped query."""
-        masks = getattr(self, "_trainable_masks", None)
-        return [FrozenReferenceCallback(masks)] if masks else []
+        """Freeze reference weights when this model is a mapped query; its guard callback."""
+        masks = getattr(self, "trainable_masks_", None)
+        if not masks:
+            return []
+        partial = freeze(self.module, {k: v.to(self.device) for k, v in masks.items()})
+        return [FrozenReferenceCallback(partial)] if partial else []
 
     # ------------------------------------------------------------------ loading
     @classmethod

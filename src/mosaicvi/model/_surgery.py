@@ -47,8 +47,8 @@ def transfer_reference_weights(
 
     Returns
     -------
-    ``{parameter name: bool mask of trainable entries}`` for parameters that are partly
-    trainable. Parameters that are entirely frozen get ``requires_grad=False``.
+    ``{parameter name: bool mask of trainable entries}`` for every parameter that is not
+    entirely trainable; apply it with :func:`freeze`.
     """
     state = module.state_dict()
     if set(state) != set(reference_state):
@@ -90,13 +90,28 @@ def transfer_reference_weights(
     module.load_state_dict(new_state)
 
     masks = {}
-    for name, param in module.named_parameters():
+    for name, _ in module.named_parameters():
         mask = trainable[name]
         if unfrozen is True or (
             not isinstance(unfrozen, bool) and any(name.startswith(p) for p in unfrozen)
         ):
             mask = torch.ones_like(mask)
-        param.requires_grad = bool(mask.any())
-        if mask.any() and not mask.all():
+        if not mask.all():
             masks[name] = mask
     return masks
+
+
+def freeze(module: nn.Module, trainable_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply masks from :func:`transfer_reference_weights` to a module's parameters.
+
+    Parameters with no trainable entry get ``requires_grad=False`` (they never reach an
+    optimizer); the masks of partly trainable parameters are returned for
+    :class:`~mosaicvi.train.FrozenReferenceCallback`.
+    """
+    partial = {}
+    for name, param in module.named_parameters():
+        mask = trainable_masks.get(name)
+        param.requires_grad = mask is None or bool(mask.any())
+        if mask is not None and mask.any():
+            partial[name] = mask
+    return partial
