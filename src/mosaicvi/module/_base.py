@@ -97,6 +97,51 @@ class MosaicModule(BaseModuleClass):
         predictor = self.library_predictors[self.modalities[k].name]
         return predictor(z, *self._cat_list(batch_index, cat_covs))
 
+    # ---------------------------------------------------------------- decoding
+    def decoder_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """The part of ``z`` that decoder ``k`` reads (all of it unless a subclass says so)."""
+        return z
+
+    def decoder_parameters(
+        self,
+        k: int,
+        z: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Likelihood parameters of modality ``k`` decoded from ``z`` (before a library size)."""
+        return self.decoders[k].parameters_for(
+            self.decoder_input(z, k), *self._cat_list(batch_index, cat_covs), cont_covs=cont_covs
+        )
+
+    def decode_all(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> dict:
+        """Observation distribution of every modality given ``z`` and log libraries ``(n, K)``."""
+        cats = self._cat_list(batch_index, cat_covs)
+        return {
+            spec.name: decoder(
+                self.decoder_input(z, k), library[:, [k]], *cats, cont_covs=cont_covs
+            )
+            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
+        }
+
+    def _reconstruction(
+        self, x: torch.Tensor, px: dict, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Negative log-likelihood per cell of each modality, zero outside ``mask`` ``(n, K)``."""
+        return {
+            spec.name: -px[spec.name].log_prob(lik.target(x[:, self.slices[k]])).sum(-1)
+            * mask[:, k]
+            for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods))
+        }
+
     def _library_loss(self, tensors: dict, inference_outputs: dict) -> torch.Tensor:
         """Squared error of the library predictors on observed cells (z is not moved by it)."""
         z = inference_outputs["qz_mean"].detach()

@@ -204,6 +204,10 @@ class CLUEModule(MosaicModule):
             **self._covariates(tensors),
         }
 
+    def decoder_input(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Decoder ``k`` reads sub-space ``k`` only."""
+        return self.subspace(z, k)
+
     def subspace(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Sub-space ``k`` (``d`` dimensions) of an embedding ``(..., K * d)``."""
         d = self.n_latent_per_modality
@@ -330,25 +334,6 @@ class CLUEModule(MosaicModule):
         }
 
     # ---------------------------------------------------------------- generative
-    def decoder_parameters(
-        self,
-        k: int,
-        z: torch.Tensor,
-        batch_index: torch.Tensor,
-        cat_covs: torch.Tensor | None = None,
-        cont_covs: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Likelihood parameters of modality ``k`` decoded from sub-space ``k`` of ``z``."""
-        return self.decoders[k].parameters_for(
-            self.subspace(z, k), *self._cat_list(batch_index, cat_covs), cont_covs=cont_covs
-        )
-
-    def _decode_all(self, z, library, cats, cont_covs) -> dict:
-        return {
-            spec.name: decoder(self.subspace(z, k), library[:, [k]], *cats, cont_covs=cont_covs)
-            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
-        }
-
     @auto_move_data
     def generative(
         self,
@@ -363,23 +348,15 @@ class CLUEModule(MosaicModule):
 
         Decoding is skipped (empty dict) for a term whose weight is 0.
         """
-        cats = self._cat_list(batch_index, cat_covs)
+        covariates = (batch_index, cat_covs, cont_covs)
         out = {"px_self": {}, "px_cross": {}}
         if self.self_weight > 0:
-            out["px_self"] = self._decode_all(z_self, library, cats, cont_covs)
+            out["px_self"] = self.decode_all(z_self, library, *covariates)
         if self.cross_weight > 0:
-            out["px_cross"] = self._decode_all(z_cross, library, cats, cont_covs)
+            out["px_cross"] = self.decode_all(z_cross, library, *covariates)
         return out
 
     # ---------------------------------------------------------------- losses
-    def _reconstruction(self, x: torch.Tensor, px: dict, mask: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood per cell and modality, ``(n, K)``, zero outside ``mask``."""
-        columns = []
-        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
-            nll = -px[spec.name].log_prob(lik.target(x[:, self.slices[k]])).sum(-1)
-            columns.append(nll * mask[:, k])
-        return torch.stack(columns, dim=1)
-
     def _kl(self, mean: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """KL to N(0, I) per cell and sub-space, ``(n, K)``, zero outside ``mask``."""
         kl = kl_divergence(Normal(mean, var.sqrt()), Normal(0.0, 1.0))
@@ -499,9 +476,15 @@ class CLUEModule(MosaicModule):
 
         rec_self = rec_cross = zeros
         if self.self_weight > 0:
-            rec_self = self._reconstruction(x, generative_outputs["px_self"], observed)
+            rec_self = torch.stack(
+                list(self._reconstruction(x, generative_outputs["px_self"], observed).values()),
+                dim=1,
+            )
         if self.cross_weight > 0:
-            rec_cross = self._reconstruction(x, generative_outputs["px_cross"], cross_mask)
+            rec_cross = torch.stack(
+                list(self._reconstruction(x, generative_outputs["px_cross"], cross_mask).values()),
+                dim=1,
+            )
         self_elbo = (rec_self + kl_weight * kl_self).sum(1) if self.self_weight > 0 else zeros[:, 0]
         cross_elbo = (
             (rec_cross + kl_weight * kl_cross).sum(1) if self.cross_weight > 0 else zeros[:, 0]

@@ -170,19 +170,6 @@ class MultiVAEModule(MosaicModule):
         }
 
     # ---------------------------------------------------------------- generative
-    def decoder_parameters(
-        self,
-        k: int,
-        z: torch.Tensor,
-        batch_index: torch.Tensor,
-        cat_covs: torch.Tensor | None = None,
-        cont_covs: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Likelihood parameters of modality ``k`` decoded from ``z``."""
-        return self.decoders[k].parameters_for(
-            z, *self._cat_list(batch_index, cat_covs), cont_covs=cont_covs
-        )
-
     @auto_move_data
     def generative(
         self,
@@ -193,24 +180,9 @@ class MultiVAEModule(MosaicModule):
         cont_covs: torch.Tensor | None = None,
     ) -> dict[str, dict]:
         """Observation distribution of every modality given ``z``."""
-        cats = self._cat_list(batch_index, cat_covs)
-        px = {
-            spec.name: decoder(z, library[:, [k]], *cats, cont_covs=cont_covs)
-            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
-        }
-        return {"px": px}
+        return {"px": self.decode_all(z, library, batch_index, cat_covs, cont_covs)}
 
     # ---------------------------------------------------------------- loss
-    def _reconstruction(
-        self, x: torch.Tensor, px: dict, observed: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Negative log-likelihood per cell and modality, zero where unobserved."""
-        losses = {}
-        for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods)):
-            target = lik.target(x[:, self.slices[k]])
-            losses[spec.name] = -px[spec.name].log_prob(target).sum(-1) * observed[:, k]
-        return losses
-
     def _unimodal_elbos(
         self, tensors: dict, inference_outputs: dict, kl_weight: float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
