@@ -23,24 +23,22 @@ class FrozenReferenceCallback(Callback):
     def __init__(self, trainable_masks: dict[str, torch.Tensor]):
         super().__init__()
         self.trainable_masks = trainable_masks
-        self._reference_values: dict[str, torch.Tensor] = {}
-
-    def _parameters(self, pl_module):
-        named = dict(pl_module.module.named_parameters())
-        for name, mask in self.trainable_masks.items():
-            yield name, named[name], mask.to(named[name].device)
+        self._guarded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:  # noqa: D102
-        self._reference_values = {
-            name: param.detach().clone() for name, param, _ in self._parameters(pl_module)
-        }
+        # resolve parameters, masks and reference values once, not at every step
+        named = dict(pl_module.module.named_parameters())
+        self._guarded = [
+            (named[name], mask.to(named[name].device), named[name].detach().clone())
+            for name, mask in self.trainable_masks.items()
+        ]
 
     def on_after_backward(self, trainer, pl_module) -> None:  # noqa: D102
-        for _, param, mask in self._parameters(pl_module):
+        for param, mask, _ in self._guarded:
             if param.grad is not None:
                 param.grad.mul_(mask)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
-        for name, param, mask in self._parameters(pl_module):
-            param.copy_(torch.where(mask, param, self._reference_values[name]))
+        for param, mask, reference in self._guarded:
+            param.copy_(torch.where(mask, param, reference))
