@@ -14,9 +14,14 @@ training. From that one run per method it measures
   embedding of the paired cells (:func:`mosaicvi.metrics.knn_overlap`);
 - seconds per epoch and peak memory, each method in its own fresh subprocess.
 
+A second task (``--task joint``, run by default too) trains JAE, MultiVAE and CLUE on the fully
+paired NeurIPS 2021 CITE-seq and Multiome sets and scores their joint embeddings with the
+NeurIPS 2021 joint-embedding score (see ``_joint.py``).
+
 Usage::
 
-    .venv/bin/python benchmarks/integration.py                 # full run (< 40 min, 2 cores)
+    .venv/bin/python benchmarks/integration.py                 # full run (< 45 min, 2 cores)
+    .venv/bin/python benchmarks/integration.py --task joint    # joint-embedding table only
     .venv/bin/python benchmarks/integration.py --quick         # smoke run (2 epochs, small)
     .venv/bin/python benchmarks/integration.py --datasets bmmc_cite sln_cite --epochs 50
 
@@ -39,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _joint  # noqa: E402
 from _common import (  # noqa: E402
     DATASETS,
     RESULTS_DIR,
@@ -274,7 +280,10 @@ def run_worker(args: argparse.Namespace) -> None:
     rss_before = rss_mb()
     peak_loading = peak_rss_mb()  # VmHWM: this process only (ru_maxrss can carry the parent's)
     reset_ok = reset_peak_rss()
-    out, meta = WORKERS[method](prep, args.epochs)
+    if args.task == "joint":
+        out, meta = _joint.worker(method, prep, args.epochs)
+    else:
+        out, meta = WORKERS[method](prep, args.epochs)
     meta.update(
         method=method,
         dataset=key,
@@ -297,13 +306,23 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 # ============================================================================ parent
-def launch(method: str, key: str, epochs: int, threads: int, subsample, workdir: Path, source_path):
+def launch(
+    method: str,
+    key: str,
+    epochs: int,
+    threads: int,
+    subsample,
+    workdir: Path,
+    source_path,
+    task: str = "mosaic",
+):
     """Run one method in a fresh subprocess; returns (arrays, meta) or (None, error meta)."""
     worker_args = ["--worker", method, key, "--epochs", str(epochs), "--threads", str(threads)]
+    worker_args += ["--task", task]
     if subsample:
         worker_args += ["--subsample", str(subsample)]
-    result = workdir / f"{key}__{method}"
-    log = workdir / f"{key}__{method}.log"
+    result = workdir / f"{task}__{key}__{method}"
+    log = workdir / f"{task}__{key}__{method}.log"
     return launch_worker(
         Path(__file__).resolve(),
         worker_args,
@@ -361,6 +380,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"smoke run: {QUICK_EPOCHS} epochs, SNARE-seq subsampled",
     )
     p.add_argument("--out", default=str(RESULTS_DIR / "integration.md"), help="markdown output")
+    p.add_argument(
+        "--task",
+        choices=["all", "mosaic", "joint"],
+        default="all",
+        help="mosaic: MultiVAE vs peers with a hidden modality; joint: JAE/MultiVAE/CLUE "
+        "NeurIPS 2021 joint-embedding score on paired data; all (default): both",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -421,7 +447,7 @@ def main(argv=None) -> None:
     if args.from_json:
         with open(args.from_json) as fh:
             saved = json.load(fh)
-        write_report(saved["run"], saved["datasets"], Path(args.out))
+        write_report(saved["run"], saved["datasets"], Path(args.out), saved.get("joint"))
         return
 
     keys = args.datasets or list(DATASETS)
@@ -448,7 +474,7 @@ def main(argv=None) -> None:
     )
     t_start = time.perf_counter()
     results: dict = {}
-    for key in keys:
+    for key in keys if args.task in ("all", "mosaic") else []:
         spec = DATASETS[key]
         epochs = QUICK_EPOCHS if args.quick else (args.epochs or spec.epochs)
         subsample = QUICK_SUBSAMPLE.get(key) if args.quick else None
@@ -483,6 +509,9 @@ def main(argv=None) -> None:
                     f"scoring {res['score_s']:.0f}s",
                     flush=True,
                 )
+    joint: dict = {}
+    if args.task in ("all", "joint"):
+        joint = run_joint(args, keys, threads, workdir, source_path, t_start)
     run = {
         "quick": args.quick,
         "threads": threads,
@@ -492,12 +521,45 @@ def main(argv=None) -> None:
         "source": source,
     }
     with open(out_path.with_suffix(".json"), "w") as fh:
-        json.dump({"run": run, "datasets": results}, fh, indent=1, default=float)
-    write_report(run, results, out_path)
+        json.dump({"run": run, "datasets": results, "joint": joint}, fh, indent=1, default=float)
+    write_report(run, results, out_path, joint)
 
 
-def write_report(run: dict, results: dict, out_path: Path) -> None:
-    report = render(results, run)
+def run_joint(args, keys, threads: int, workdir: Path, source_path, t_start: float) -> dict:
+    """The joint-embedding task: every method on the paired data, scored with the same code."""
+    joint: dict = {}
+    for key in [k for k in keys if k in _joint.JOINT_DATASETS]:
+        epochs = QUICK_EPOCHS if args.quick else (args.epochs or DATASETS[key].epochs)
+        prep = prepare_dataset(key)
+        inputs = _joint.reference_inputs(prep)
+        joint[key] = {
+            "epochs": epochs,
+            "n_cells": prep.mdata.n_obs,
+            "hidden_batches": prep.hidden_batches,
+            "cell_cycle_genes": inputs["cell_cycle_genes"],
+            "n_trajectory_cells": inputs["n_trajectory_cells"],
+            "methods": {},
+        }
+        for method in _joint.JOINT_METHODS:
+            print(f"[{time.perf_counter() - t_start:7.0f}s] joint {key}: {method} ...", flush=True)
+            arrays, meta = launch(
+                method, key, epochs, threads, None, workdir, source_path, task="joint"
+            )
+            scores = None
+            if arrays is not None:
+                scores = _joint.score(prep, arrays["z"], inputs, threads)
+                print(f"    overall {scores['overall']:.3f}", flush=True)
+            meta.pop("obs_names", None)
+            joint[key]["methods"][method] = {"meta": meta, "scores": scores}
+        pca = _joint.score(prep, inputs["unintegrated"], inputs, threads)
+        joint[key]["methods"]["PCA"] = {"meta": {}, "scores": pca}
+    return joint
+
+
+def write_report(run: dict, results: dict, out_path: Path, joint: dict | None = None) -> None:
+    report = render(results, run) if results else f"Run: {run['total_s'] / 60:.1f} min."
+    if joint:
+        report += "\n\n" + "\n".join(_joint.render(joint))
     print("\n" + report, flush=True)
     out_path.write_text(report + "\n")
     print(f"\nwritten: {out_path} (raw metrics: {out_path.with_suffix('.json')})", flush=True)

@@ -1,5 +1,6 @@
 """MuData contract, mosaic assembly and the built-in simulator."""
 
+from ._cell_cycle import cell_cycle_genes, score_cell_cycle
 from ._constants import OBSERVED_KEY
 from ._mosaic import (
     ModalitySpec,
@@ -14,6 +15,8 @@ from ._simulate import simulate
 
 __all__ = [
     "OBSERVED_KEY",
+    "cell_cycle_genes",
+    "score_cell_cycle",
     "ModalitySpec",
     "assemble_mosaic",
     "build_specs",

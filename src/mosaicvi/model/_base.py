@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import weakref
@@ -144,9 +145,13 @@ class MosaicModelMixin:
         categorical_covariate_keys, continuous_covariate_keys
             Further columns of ``mdata.obs`` that decoders (and encoders) condition on.
         **kwargs
-            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+            ``source_registry`` / ``extend_categories`` of
+            :meth:`scvi.data.AnnDataManager.register_fields`.
         """
-        assembled = cls._register_mudata(
+        unknown = set(kwargs) - {"source_registry", "extend_categories"}
+        if unknown:
+            raise TypeError(f"setup_mudata got unexpected arguments {sorted(unknown)}.")
+        cls._setup_and_log(
             mdata,
             modalities,
             layers,
@@ -154,9 +159,13 @@ class MosaicModelMixin:
             batch_key,
             categorical_covariate_keys,
             continuous_covariate_keys,
-            require_observed=True,
             **kwargs,
         )
+
+    @classmethod
+    def _setup_and_log(cls, mdata: MuData, *args, **kwargs) -> ad.AnnData:
+        """Register ``mdata`` (arguments of :meth:`_register_mudata`) and log what was chosen."""
+        assembled = cls._register_mudata(mdata, *args, require_observed=True, **kwargs)
         specs = RegisteredModalities(cls._most_recent_registry(assembled)).modality_specs
         mask = assembled.obsm[OBSERVED_OBSM_KEY].astype(bool)
         for k, spec in enumerate(specs):
@@ -170,6 +179,7 @@ class MosaicModelMixin:
                 int(mask[:, k].sum()),
                 mask.shape[0],
             )
+        return assembled
 
     @classmethod
     def _register_mudata(
@@ -182,9 +192,16 @@ class MosaicModelMixin:
         categorical_covariate_keys,
         continuous_covariate_keys,
         require_observed: bool,
-        **kwargs,
+        source_registry: dict | None = None,
+        extend_categories: bool = False,
+        **model_args,
     ) -> ad.AnnData:
-        """Assemble ``mdata`` and register the result with scvi-tools; return the assembly."""
+        """Assemble ``mdata`` and register the result with scvi-tools; return the assembly.
+
+        ``model_args`` are a subclass's own ``setup_mudata`` arguments (e.g. JAE's labels); they
+        are recorded in the registry and handed to :meth:`_annotate_assembly` and
+        :meth:`_model_fields`.
+        """
         specs = build_specs(mdata, modalities, layers, likelihoods)
         setup_method_args = cls._get_setup_method_args(
             cls=cls,
@@ -195,6 +212,7 @@ class MosaicModelMixin:
             batch_key=batch_key,
             categorical_covariate_keys=categorical_covariate_keys,
             continuous_covariate_keys=continuous_covariate_keys,
+            **model_args,
         )
         assembled = assemble_mosaic(
             mdata,
@@ -204,6 +222,7 @@ class MosaicModelMixin:
             continuous_covariate_keys,
             require_observed=require_observed,
         )
+        cls._annotate_assembly(assembled, mdata, specs, model_args, source_registry)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
             CategoricalObsField(
@@ -212,12 +231,33 @@ class MosaicModelMixin:
             ObsmField(OBSERVED_KEY, OBSERVED_OBSM_KEY),
             CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
             NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+            *cls._model_fields(model_args),
         ]
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(assembled, **kwargs)
+        register_kwargs = {}
+        if source_registry is not None:
+            register_kwargs["source_registry"] = source_registry
+            register_kwargs["extend_categories"] = extend_categories
+        manager.register_fields(assembled, **register_kwargs)
         cls.register_manager(manager)
         _remember(cls, mdata, assembled)
         return assembled
+
+    @classmethod
+    def _annotate_assembly(
+        cls,
+        assembled: ad.AnnData,
+        mdata: MuData,
+        specs: Sequence[ModalitySpec],
+        model_args: dict,
+        source_registry: dict | None,
+    ) -> None:
+        """Add a subclass's own columns to the (internal) assembled AnnData; none by default."""
+
+    @classmethod
+    def _model_fields(cls, model_args: dict) -> list:
+        """A subclass's extra scvi-tools fields (read from the assembled AnnData); none here."""
+        return []
 
     @classmethod
     def _most_recent_registry(cls, assembled: ad.AnnData) -> dict:
@@ -344,6 +384,9 @@ class MosaicModelMixin:
             args["categorical_covariate_keys"],
             args["continuous_covariate_keys"],
         )
+        base_args = set(inspect.signature(MosaicModelMixin.setup_mudata).parameters)
+        model_args = {k: v for k, v in args.items() if k not in base_args}
+        self._annotate_assembly(assembled, mdata, specs, model_args, self.registry_)
         _remember(type(self), mdata, assembled)
         return assembled
 

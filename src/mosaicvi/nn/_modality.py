@@ -16,13 +16,14 @@ from torch.distributions import Distribution
 from mosaicvi.distributions import Likelihood
 
 
-def _body(
+def hidden_layers(
     n_in: int,
     n_hidden: int,
     n_layers: int,
     n_cat_list: Sequence[int] | None,
     dropout_rate: float,
 ) -> FCLayers:
+    """LayerNorm + LeakyReLU MLP body; covariates enter every layer via ``n_cat_list``."""
     return FCLayers(
         n_in=n_in,
         n_out=n_hidden,
@@ -63,7 +64,7 @@ class ModalityEncoder(nn.Module):
     ):
         super().__init__()
         self.likelihood = likelihood
-        self.body = _body(n_input, n_hidden, n_layers, n_cat_list, dropout_rate)
+        self.body = hidden_layers(n_input, n_hidden, n_layers, n_cat_list, dropout_rate)
         self.mean = nn.Linear(n_hidden, n_latent)
         self.log_var = nn.Linear(n_hidden, n_latent)
 
@@ -106,7 +107,7 @@ class ModalityDecoder(nn.Module):
     ):
         super().__init__()
         self.likelihood = likelihood
-        self.body = _body(n_latent, n_hidden, n_layers, n_cat_list, dropout_rate)
+        self.body = hidden_layers(n_latent, n_hidden, n_layers, n_cat_list, dropout_rate)
         self.head = likelihood.make_head(n_hidden, n_output)
 
     def parameters_for(

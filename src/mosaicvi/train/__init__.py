@@ -2,6 +2,12 @@
 
 from ._adversarial import AdversarialTrainingPlan
 from ._freezing import FrozenReferenceCallback
-from ._plans import MultiVAETrainingPlan
+from ._plans import JAETrainingPlan, MosaicTrainingPlan, MultiVAETrainingPlan
 
-__all__ = ["AdversarialTrainingPlan", "FrozenReferenceCallback", "MultiVAETrainingPlan"]
+__all__ = [
+    "AdversarialTrainingPlan",
+    "FrozenReferenceCallback",
+    "JAETrainingPlan",
+    "MosaicTrainingPlan",
+    "MultiVAETrainingPlan",
+]

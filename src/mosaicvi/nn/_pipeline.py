@@ -1,0 +1,130 @@
+"""Fixed input transforms fitted once on a reference and stored with a model (JAE's inputs).
+
+A :class:`ModalityTransform` maps one modality's raw counts to model features. Its parameters
+are buffers, not trainable weights: they are saved in the module's ``state_dict`` and copied
+into a query model, so a query is transformed exactly as the reference was.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+TransformKind = Literal["svd", "clr", "log1p"]
+TRANSFORMS = ("svd", "clr", "log1p")
+TARGET_SUM = 1e4
+
+
+def _log_normalise_numpy(counts) -> sp.csr_matrix | np.ndarray:
+    """log1p of counts scaled to ``TARGET_SUM`` per cell (sparse stays sparse)."""
+    if sp.issparse(counts):
+        counts = sp.csr_matrix(counts, dtype=np.float64)
+        totals = np.asarray(counts.sum(1)).ravel()
+        scaled = sp.diags(TARGET_SUM / np.maximum(totals, 1.0)) @ counts
+        return scaled.log1p().tocsr()
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(1, keepdims=True)
+    return np.log1p(counts * TARGET_SUM / np.maximum(totals, 1.0))
+
+
+def _clr_numpy(counts) -> np.ndarray:
+    logged = np.log1p(counts.toarray() if sp.issparse(counts) else np.asarray(counts, np.float64))
+    return logged - logged.mean(1, keepdims=True)
+
+
+class ModalityTransform(nn.Module):
+    """Counts of one modality -> standardised features, with an approximate inverse.
+
+    ``kind="svd"``: library-normalise to 1e4, log1p, project on the top right singular vectors of
+    the reference (truncated SVD, no centring, as in LSI). ``"clr"``: centred log-ratio per cell
+    (for proteins). ``"log1p"``: library-normalised log1p features as they are. In every case the
+    features are then centred per dimension and divided by one scale for the whole modality, so
+    each modality's block has unit mean variance on the reference while its dimensions keep their
+    relative variances.
+
+    Parameters
+    ----------
+    n_vars
+        Features of the modality.
+    kind
+        ``"svd"``, ``"clr"`` or ``"log1p"``.
+    n_components
+        SVD components (``kind="svd"`` only); capped at ``n_vars - 1`` and, when fitted, at the
+        number of reference cells minus one.
+    """
+
+    def __init__(self, n_vars: int, kind: TransformKind = "svd", n_components: int = 100):
+        super().__init__()
+        if kind not in TRANSFORMS:
+            raise ValueError(f"Unknown input transform {kind!r}; use one of {TRANSFORMS}.")
+        self.kind = kind
+        self.n_vars = n_vars
+        self.n_out = max(1, min(n_components, n_vars - 1)) if kind == "svd" else n_vars
+        if kind == "svd":
+            self.register_buffer("components", torch.zeros(n_vars, self.n_out))
+        self.register_buffer("center", torch.zeros(self.n_out))
+        self.register_buffer("scale", torch.ones(()))
+
+    def _features_numpy(self, counts) -> np.ndarray:
+        if self.kind == "clr":
+            return _clr_numpy(counts)
+        logged = _log_normalise_numpy(counts)
+        if self.kind == "svd":
+            return np.asarray(logged @ self.components.double().cpu().numpy())
+        return logged.toarray() if sp.issparse(logged) else logged
+
+    def fit(self, counts, random_state: int = 0) -> ModalityTransform:
+        """Fit on the reference cells that have this modality (``cells x n_vars`` counts)."""
+        n_cells = counts.shape[0]
+        if n_cells < 2:
+            raise ValueError(
+                f"Fitting the input transform needs at least 2 cells with this modality, got "
+                f"{n_cells}."
+            )
+        if self.kind == "svd":
+            from sklearn.decomposition import TruncatedSVD
+
+            n_fit = min(self.n_out, n_cells - 1)
+            svd = TruncatedSVD(
+                n_components=n_fit, algorithm="randomized", random_state=random_state
+            )
+            svd.fit(_log_normalise_numpy(counts))
+            components = np.zeros((self.n_vars, self.n_out))
+            components[:, :n_fit] = svd.components_.T  # unused trailing dimensions stay zero
+            self.components.copy_(torch.as_tensor(components))
+        features = self._features_numpy(counts)
+        center = features.mean(0)
+        scale = float(np.sqrt(((features - center) ** 2).mean()))
+        self.center.copy_(torch.as_tensor(center))
+        self.scale.fill_(scale if scale > 0 else 1.0)
+        return self
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        """Features of a minibatch of counts, ``(n, n_out)``."""
+        if self.kind == "clr":
+            logged = torch.log1p(counts)
+            h = logged - logged.mean(-1, keepdim=True)
+        else:
+            library = counts.sum(-1, keepdim=True).clamp_min(1.0)
+            h = torch.log1p(counts * (TARGET_SUM / library))
+            if self.kind == "svd":
+                h = h @ self.components
+        return (h - self.center) / self.scale
+
+    def proportions(self, features: torch.Tensor) -> torch.Tensor:
+        """Approximate inverse: expected proportions of the features (rows sum to 1).
+
+        The SVD basis maps features back to log-normalised expression (the part that the
+        reference's components span); for CLR, proportions are the softmax of the log-ratios.
+        """
+        h = features * self.scale + self.center
+        if self.kind == "svd":
+            h = h @ self.components.T
+        if self.kind == "clr":
+            return torch.softmax(h, dim=-1)
+        expression = torch.expm1(h).clamp_min(0.0)
+        return expression / expression.sum(-1, keepdim=True).clamp_min(1e-12)
