@@ -125,6 +125,10 @@ METRICS = (
 )
 
 
+def _finite(value) -> bool:
+    return value is not None and bool(np.isfinite(value))
+
+
 def render(results: dict) -> list[str]:
     """Markdown lines of the joint-embedding table and its notes."""
     header = ["dataset", "method", *[name for _, name in METRICS], "s/epoch", "epochs"]
@@ -149,8 +153,12 @@ def render(results: dict) -> list[str]:
                     f"- {key}: JAE's cell-type slice predicts the held-out batch's labels with "
                     f"accuracy {meta['held_out_label_accuracy']:.3f}."
                 )
+        first = next((m["scores"] for m in r["methods"].values() if m["scores"]), None) or {}
+        missing = [name for metric, name in METRICS[:-1] if not _finite(first.get(metric))]
         notes.append(
-            f"- {key}: {r['n_cells']} cells, {r['epochs']} epochs; cell cycle from "
+            f"- {key}: computed {6 - len(missing)} of 6 metrics"
+            + (f" ({', '.join(missing)}: not computable, left out of overall)" if missing else "")
+            + f"; {r['n_cells']} cells, {r['epochs']} epochs; cell cycle from "
             f"{r['cell_cycle_genes']}; trajectory = erythroid lineage "
             f"({r['n_trajectory_cells']} cells); labels hidden from JAE for batch(es) "
             f"{', '.join(r['hidden_batches'])}."
@@ -165,7 +173,8 @@ def render(results: dict) -> list[str]:
         "conservation (diffusion pseudotime on the embedding vs the rank of each cell's type in "
         "the erythroid lineage HSC → MK/E prog → proerythroblast → erythroblast → normoblast → "
         "reticulocyte; these sets have no measured pseudotime), batch ASW, graph connectivity; "
-        "overall = their mean. All six are computed on both datasets.",
+        "overall = the mean of those that can be computed (cell-cycle conservation needs at least "
+        "one S and one G2M gene among the features).",
         "- `PCA` is the unintegrated RNA PCA itself (its cell-cycle conservation is 1 by "
         "construction).",
         *notes,

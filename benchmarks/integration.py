@@ -467,7 +467,8 @@ def main(argv=None) -> None:
         flush=True,
     )
     print(
-        f"integration benchmark: datasets {keys}, methods {args.methods}, quick={args.quick}, "
+        f"integration benchmark: task {args.task}, datasets {keys}, methods {args.methods} "
+        f"(joint task: {list(_joint.JOINT_METHODS)}), quick={args.quick}, "
         f"torch threads per worker {threads} (load average {load[0]:.2f} on "
         f"{os.cpu_count()} cores), seed {SEED}",
         flush=True,
