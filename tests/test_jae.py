@@ -144,6 +144,7 @@ def test_cell_type_slice_predicts_held_out_labels(bmmc_cite):
     baseline = (truth[held_out] == majority).mean()
     accuracy = (model.predict()[held_out] == truth[held_out]).mean()
     from_rna = (model.predict(modality="rna")[held_out] == truth[held_out]).mean()
+    print(f"\nJAE held-out acc {accuracy:.3f}, RNA only {from_rna:.3f}, majority {baseline:.3f}")
     # measured 0.61 (joint) and 0.47 (RNA only) vs majority 0.16
     assert accuracy > baseline + 0.3
     assert from_rna > baseline + 0.2
@@ -156,11 +157,13 @@ def test_batch_logits_are_near_uniform_and_phase_slice_follows_scores(bmmc_cite)
     mdata, model, _ = bmmc_cite
     logits = torch.as_tensor(model.get_latent_representation(latent_slice="batch"))
     probabilities = torch.softmax(logits, dim=-1).numpy()
-    assert np.abs(probabilities - 0.5).mean() < 0.06  # measured 0.03
+    deviation = np.abs(probabilities - 0.5).mean()
     scores = model.cell_cycle_scores().to_numpy()
     phase = model.get_latent_representation(latent_slice="cell_cycle")
-    for j in range(2):
-        assert np.corrcoef(scores[:, j], phase[:, j])[0, 1] > 0.4  # measured 0.65
+    r = [np.corrcoef(scores[:, j], phase[:, j])[0, 1] for j in range(2)]
+    print(f"\nJAE batch softmax mean |p - 1/2| {deviation:.3f}; phase slice r (S, G2M) {r}")
+    assert deviation < 0.06  # measured 0.03
+    assert min(r) > 0.4  # measured 0.65
 
 
 def test_imputed_protein_correlates_with_held_out_truth(bmmc_cite):
@@ -169,6 +172,7 @@ def test_imputed_protein_correlates_with_held_out_truth(bmmc_cite):
     assert np.allclose(predicted.sum(1), 1.0, atol=1e-4)
     observed = np.asarray(mdata["adt"].X)
     r = mv.metrics.per_feature_correlation(predicted.to_numpy()[held_out], observed[held_out])
+    print(f"\nJAE protein from RNA, held-out donor: per-protein r {np.nanmean(r):.3f}")
     assert np.nanmean(r) > 0.4  # measured 0.59
     with pytest.raises(ValueError, match="deterministic"):
         model.get_normalized_expression(modality="adt", n_samples=3)
@@ -197,6 +201,7 @@ def test_query_reuses_the_reference_input_transforms(bmmc_cite):
     truth = query.obs["cell_type"].astype(str).to_numpy()
     majority = mdata.obs["cell_type"][~held_out].value_counts().index[0]
     accuracy = (query_model.predict() == truth).mean()
+    print(f"\nJAE RNA-only query (2 epochs fine-tuning): label accuracy {accuracy:.3f}")
     assert accuracy > (truth == majority).mean() + 0.15
 
 
