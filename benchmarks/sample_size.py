@@ -320,6 +320,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
         result = runs / f"{key}__{method}__{seed}{'_quick' if args.quick else ''}.json"
         if not result.exists():
             pending.append((key, method, seed, result))
+    args.n_cached = len(list(_tasks(args.datasets, args.methods, seeds))) - len(pending)
     print(f"{len(pending)} runs to do ({args.jobs} at a time), results in {runs}", flush=True)
     running: list = []
     t_start = time.perf_counter()
@@ -406,6 +407,9 @@ def plot(summary: dict, out: Path) -> list[Path]:
                 (line,) = ax.plot(sizes, mean, marker="o", label=method)
                 ax.fill_between(sizes, mean - sd, mean + sd, alpha=0.2, color=line.get_color())
             ax.set_xscale("log")
+            all_sizes = sorted({n for by_size in methods.values() for n in by_size})
+            ax.set_xticks(all_sizes, [f"{n:,}" for n in all_sizes], fontsize=8)
+            ax.minorticks_off()
             if metric == "train_s":
                 ax.set_yscale("log")
             ax.set_title(title)
@@ -452,7 +456,8 @@ def render(summary: dict, run: dict) -> str:
         f"- Epochs: clip(round({PASSES:,} / cells), {MIN_EPOCHS}, {MAX_EPOCHS}) for every "
         "neural method; package/peer defaults otherwise; early stopping off. Training seconds: "
         "wall time of `train()` on 1 torch thread, 2 runs in parallel on the 2-core machine.",
-        f"- Whole run: {run['total_s'] / 60:.1f} min; {run['n_runs']} trainings.",
+        f"- This invocation: {run['total_s'] / 60:.1f} min for {run['n_runs']} trainings, "
+        f"{run['n_cached']} task(s) of them reused from `runs/` (cached earlier).",
         "- REAP-seq labels come from protein gating (`gate_pbmc`: CD4 T, CD8 T, B, NK, "
         "monocytes; ambiguous cells unlabelled and left out of the label metrics).",
     ]
@@ -486,7 +491,12 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     records = run_all(args)
     summary = summarise(records)
-    run = {"quick": args.quick, "total_s": time.perf_counter() - t0, "n_runs": len(records)}
+    run = {
+        "quick": args.quick,
+        "total_s": time.perf_counter() - t0,
+        "n_runs": len(records),
+        "n_cached": args.n_cached,
+    }
     (out / "sample_size.json").write_text(json.dumps({"run": run, "records": records}, indent=1))
     figures = plot(summary, out)
     report = render(summary, run)

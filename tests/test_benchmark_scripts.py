@@ -1,0 +1,44 @@
+"""End-to-end smoke runs of benchmark scripts (their --quick modes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_sample_size_quick_runs_end_to_end(shared_data, tmp_path):
+    env = dict(os.environ, MOSAICVI_DATA=str(shared_data), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "sample_size.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = json.loads((tmp_path / "sample_size.json").read_text())["records"]
+    # 2 datasets x 5 methods (MultiVAE, CLUE, JAE, peer, PCA) x 2 sizes, one subsample each
+    assert len(records) == 20
+    assert {r["method"] for r in records} == {
+        "MultiVAE",
+        "CLUE",
+        "JAE",
+        "MULTIVI",
+        "TOTALVI",
+        "PCA",
+    }
+    for r in records:
+        for metric in ("nmi", "asw_label", "asw_batch", "graph_connectivity", "overall"):
+            assert np.isfinite(r[metric]) and 0.0 <= r[metric] <= 1.0, (r["method"], metric)
+    report = (tmp_path / "sample_size.md").read_text()
+    assert "| JAE | 150 |" in report and "| TOTALVI | 300 |" in report
+    for key in ("snare", "reapseq"):
+        png = (tmp_path / f"sample_size_{key}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
