@@ -63,6 +63,30 @@ class _ScaleHead(nn.Module):
         return params
 
 
+class FeatureDispersionNB(NegativeBinomial):
+    """scvi-tools' negative binomial, with the log-density computed per feature where it can.
+
+    When ``theta`` is one dispersion per feature broadcast over cells (an expanded view), the
+    terms that depend on ``theta`` alone, ``lgamma(theta)`` and ``theta * log(theta)``, are
+    computed once per feature instead of once per cell and feature. Their backward pass
+    (``digamma``) was about a fifth of a training step on CPU.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        mu, theta = self.mu, self.theta
+        per_feature = theta.dim() >= 2 and theta.stride(-2) == 0
+        base = theta[..., 0, :] if per_feature else theta
+        theta_terms = base * torch.log(base + _EPS) - torch.lgamma(base)
+        log_theta_mu = torch.log(theta + mu + _EPS)
+        return (
+            theta_terms
+            - theta * log_theta_mu
+            + value * (torch.log(mu + _EPS) - log_theta_mu)
+            + torch.lgamma(value + theta)
+            - torch.lgamma(value + 1.0)
+        )
+
+
 class NegativeBinomialLikelihood(Likelihood):
     """Negative binomial with per-feature dispersion; mean = library x proportion."""
 
@@ -75,7 +99,7 @@ class NegativeBinomialLikelihood(Likelihood):
 
     def distribution(self, params, library):  # noqa: D102
         mu = params["scale"] * library.exp()
-        return NegativeBinomial(mu=mu + _EPS, theta=params["theta"])
+        return FeatureDispersionNB(mu=mu + _EPS, theta=params["theta"])
 
     def normalized_mean(self, params):  # noqa: D102
         return params["scale"]

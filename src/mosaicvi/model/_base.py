@@ -12,6 +12,7 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
@@ -29,12 +30,14 @@ from scvi.data.fields import (
     NumericalJointObsField,
     ObsmField,
 )
+from scvi.dataloaders import AnnDataLoader, DataSplitter
 from scvi.model._utils import _get_batch_code_from_category, parse_device_args
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs, prepare_query
 from mosaicvi.data._constants import BATCH_COLUMN, OBSERVED_OBSM_KEY
+from mosaicvi.dataloaders import InMemoryDataLoader, InMemoryDataSplitter
 from mosaicvi.distributions import get_likelihood
 from mosaicvi.train import FrozenReferenceCallback
 
@@ -58,6 +61,23 @@ def _recall(cls: type, mdata: MuData) -> ad.AnnData | None:
     if entry is None or entry[0]() is not mdata:
         return None
     return entry[1]
+
+
+DataLoaderChoice = Literal["auto", "in_memory", "anndata"]
+
+
+def _fits_in_memory(adata: ad.AnnData, fraction: float = 0.25) -> bool:
+    """Whether in-memory tensors of ``adata`` (CSR parts + per-cell fields) fit in RAM."""
+    if adata.isbacked:
+        return False
+    x = adata.X
+    nnz = x.nnz if sp.issparse(x) else x.size
+    needed = nnz * 12 + adata.n_obs * 8 * (8 + sum(v.shape[1] for v in adata.obsm.values()))
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: assume it fits
+        return True
+    return needed < fraction * available
 
 
 def _names(value: str | Sequence[str]) -> list[str]:
@@ -563,15 +583,17 @@ class MosaicModelMixin:
         plan_defaults: dict,
         plan_kwargs: dict | None,
         trainer_kwargs: dict,
+        data_loader: DataLoaderChoice = "auto",
         **train_kwargs,
     ):
         """The ``train()`` body shared by the models.
 
         Default epochs (scvi-tools' heuristic: fewer for more cells, at most 400), the model's
         plan defaults plus a KL warm-up over a quarter of the epochs (at most 50), early stopping
-        on ``validation_loss`` (patience 20), and the callbacks that keep reference weights
-        fixed when the model is a mapped query.
+        on ``validation_loss`` (patience 20), the callbacks that keep reference weights
+        fixed when the model is a mapped query, and the data path (:meth:`_use_data_loader`).
         """
+        self._use_data_loader(data_loader)
         if max_epochs is None:
             max_epochs = int(min(400, max(20, round(20_000 / self.adata.n_obs * 400))))
         plan_kwargs = {
@@ -597,6 +619,24 @@ class MosaicModelMixin:
             **train_kwargs,
             **trainer_kwargs,
         )
+
+    def _use_data_loader(self, data_loader: DataLoaderChoice) -> None:
+        """Pick the minibatch path for training and inference.
+
+        ``"in_memory"``: :class:`~mosaicvi.dataloaders.InMemoryDataLoader` (fields built into
+        tensors once, sliced per minibatch); ``"anndata"``: scvi-tools' ``AnnDataLoader``;
+        ``"auto"``: in memory when the tensors take less than a quarter of the available RAM.
+        """
+        if data_loader not in ("auto", "in_memory", "anndata"):
+            raise ValueError(
+                f"data_loader must be 'auto', 'in_memory' or 'anndata', got {data_loader!r}."
+            )
+        if data_loader == "auto":
+            data_loader = "in_memory" if _fits_in_memory(self.adata) else "anndata"
+        in_memory = data_loader == "in_memory"
+        self._data_splitter_cls = InMemoryDataSplitter if in_memory else DataSplitter
+        self._data_loader_cls = InMemoryDataLoader if in_memory else AnnDataLoader
+        self.data_loader_ = data_loader
 
     # ------------------------------------------------------------------ query mapping
     @classmethod

@@ -11,7 +11,7 @@ from mosaicvi.distributions import get_likelihood
 from mosaicvi.module import CLUEModule
 from mosaicvi.train import AdversarialTrainingPlan
 
-from ._base import MosaicModelMixin
+from ._base import DataLoaderChoice, MosaicModelMixin
 
 
 class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -141,6 +141,7 @@ class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         batch_size: int = 128,
         early_stopping: bool = False,
         plan_kwargs: dict | None = None,
+        data_loader: DataLoaderChoice = "auto",
         **trainer_kwargs,
     ):
         """Train with Lightning, alternating module and discriminator updates.
@@ -164,6 +165,10 @@ class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             ``n_epochs_kl_warmup`` (a quarter of ``max_epochs``, at most 50),
             ``gradient_clip_val`` (10), ``discriminator_noise`` (0),
             ``n_epochs_discriminator_burnin``, ``n_steps_discriminator`` (1), ``weight_decay``.
+        data_loader
+            ``"auto"`` (default): minibatches from tensors built once in memory when they fit
+            in a quarter of the available RAM, else scvi-tools' AnnData loader;
+            ``"in_memory"`` or ``"anndata"`` to choose.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`. A ``gradient_clip_val`` given here is moved
             to the plan (manual optimisation clips inside the training step).
@@ -189,6 +194,7 @@ class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             devices=devices,
             validation_size=validation_size,
             batch_size=batch_size,
+            data_loader=data_loader,
         )
 
 

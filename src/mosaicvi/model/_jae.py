@@ -32,7 +32,7 @@ from mosaicvi.module._jae import LATENT_SLICES
 from mosaicvi.nn._pipeline import TRANSFORMS
 from mosaicvi.train import JAETrainingPlan
 
-from ._base import MosaicModelMixin
+from ._base import DataLoaderChoice, MosaicModelMixin
 
 logger = logging.getLogger("mosaicvi")
 
@@ -357,6 +357,7 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         batch_size: int = 128,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
+        data_loader: DataLoaderChoice = "auto",
         **trainer_kwargs,
     ):
         """Train with Lightning (a GPU is used when present and ``accelerator="auto"``).
@@ -381,6 +382,10 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             :class:`~mosaicvi.train.JAETrainingPlan` options: ``lr`` (1e-3), ``weight_decay``,
             ``reconstruction_weight`` (0.7), ``cell_type_weight`` (0.2), ``batch_weight``
             (0.05), ``cell_cycle_weight`` (0.05).
+        data_loader
+            ``"auto"`` (default): minibatches from tensors built once in memory when they fit
+            in a quarter of the available RAM, else scvi-tools' AnnData loader;
+            ``"in_memory"`` or ``"anndata"`` to choose.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
@@ -412,6 +417,7 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             devices=devices,
             validation_size=validation_size,
             batch_size=batch_size,
+            data_loader=data_loader,
         )
 
     # ------------------------------------------------------------------ outputs

@@ -10,7 +10,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from mosaicvi.module import MultiVAEModule
 from mosaicvi.train import MultiVAETrainingPlan
 
-from ._base import MosaicModelMixin
+from ._base import DataLoaderChoice, MosaicModelMixin
 
 
 class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -99,6 +99,7 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         batch_size: int = 128,
         early_stopping: bool = True,
         plan_kwargs: dict | None = None,
+        data_loader: DataLoaderChoice = "auto",
         **trainer_kwargs,
     ):
         """Train with Lightning (a GPU is used when present and ``accelerator="auto"``).
@@ -122,6 +123,10 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             real CITE-seq it gave better cell-type separation and unimodal-to-joint agreement
             than 1.0),
             ``n_epochs_kl_warmup`` (a quarter of ``max_epochs``, at most 50).
+        data_loader
+            ``"auto"`` (default): minibatches from tensors built once in memory when they fit
+            in a quarter of the available RAM, else scvi-tools' AnnData loader;
+            ``"in_memory"`` or ``"anndata"`` to choose.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
@@ -136,4 +141,5 @@ class MultiVAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             devices=devices,
             validation_size=validation_size,
             batch_size=batch_size,
+            data_loader=data_loader,
         )

@@ -1,0 +1,75 @@
+"""In-memory minibatches, the fast NB log-density and the data-path choice."""
+
+import numpy as np
+import pytest
+import torch
+from scvi.dataloaders import AnnDataLoader
+from scvi.distributions import NegativeBinomial
+
+import mosaicvi as mv
+from mosaicvi.dataloaders import InMemoryDataLoader, TensorBank
+from mosaicvi.distributions._likelihoods import FeatureDispersionNB
+
+QUIET = {"enable_progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def mosaic():
+    mdata = mv.data.simulate(
+        n_cells=300, n_genes=60, n_proteins=10, n_batches=3, missing={"batch_2": ["adt"]}, seed=1
+    )
+    mv.model.MultiVAE.setup_mudata(mdata, batch_key="batch")
+    return mdata
+
+
+def test_in_memory_batches_equal_anndata_batches(mosaic):
+    model = mv.model.MultiVAE(mosaic, n_hidden=16)
+    manager = model.adata_manager
+    indices = np.arange(0, mosaic.n_obs, 2)[::-1]
+    reference = list(AnnDataLoader(manager, indices=indices, batch_size=32))
+    fast = list(InMemoryDataLoader(manager, indices=indices, batch_size=32))
+    assert len(reference) == len(fast)
+    for a, b in zip(reference, fast):
+        assert set(a) == set(b)
+        for key in a:
+            assert torch.as_tensor(a[key]).dtype == b[key].dtype, key
+            assert torch.equal(torch.as_tensor(a[key]), b[key]), key
+
+
+def test_sparse_rows_are_densified_per_batch_only(mosaic):
+    model = mv.model.MultiVAE(mosaic, n_hidden=16)
+    bank = TensorBank(model.adata_manager)
+    x = model.adata.X
+    assert bank.nbytes < x.data.nbytes + x.indices.nbytes + x.indptr.nbytes + 300 * 8 * 8
+    rows = bank.rows([5, 0, 7])["X"]
+    np.testing.assert_array_equal(rows.numpy(), x[[5, 0, 7]].toarray())
+
+
+def test_training_is_identical_on_both_data_paths(mosaic):
+    histories = {}
+    for path in ("anndata", "in_memory"):
+        import scvi
+
+        scvi.settings.seed = 0
+        model = mv.model.MultiVAE(mosaic, n_hidden=16)
+        model.train(max_epochs=3, batch_size=64, data_loader=path, **QUIET)
+        assert model.data_loader_ == path
+        histories[path] = model.history["train_loss"].to_numpy(dtype=float)
+        z = model.get_latent_representation()
+        assert z.shape == (mosaic.n_obs, 16)
+    np.testing.assert_allclose(histories["anndata"], histories["in_memory"], rtol=1e-5)
+    with pytest.raises(ValueError, match="data_loader"):
+        model.train(max_epochs=1, data_loader="fast")
+
+
+def test_feature_dispersion_nb_matches_scvi_tools():
+    torch.manual_seed(0)
+    mu = torch.rand(32, 50) * 30 + 1e-3
+    log_theta = torch.randn(50, requires_grad=True)
+    x = torch.poisson(mu)
+    expected = NegativeBinomial(mu=mu, theta=log_theta.exp().expand_as(mu)).log_prob(x)
+    got = FeatureDispersionNB(mu=mu, theta=log_theta.exp().expand_as(mu)).log_prob(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    (g_expected,) = torch.autograd.grad(expected.sum(), log_theta)
+    (g_got,) = torch.autograd.grad(got.sum(), log_theta)
+    torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-3)
