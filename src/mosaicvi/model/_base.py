@@ -31,7 +31,11 @@ from scvi.data.fields import (
     ObsmField,
 )
 from scvi.dataloaders import AnnDataLoader, DataSplitter
-from scvi.model._utils import _get_batch_code_from_category, parse_device_args
+from scvi.model._utils import (
+    _get_batch_code_from_category,
+    parse_device_args,
+    use_distributed_sampler,
+)
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
 
@@ -126,6 +130,9 @@ class MosaicModelMixin:
     Models using it work on an assembled AnnData (see :func:`mosaicvi.data.assemble_mosaic`);
     users only ever pass their MuData.
     """
+
+    #: Some parameters take no part in one of the losses (DDP must be told to look for them).
+    _ddp_unused_parameters = False
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -605,6 +612,13 @@ class MosaicModelMixin:
             *trainer_kwargs.get("callbacks", []),
             *self._query_callbacks(),
         ]
+        if trainer_kwargs.get("strategy") == "ddp" and self._ddp_unused_parameters:
+            # e.g. CLUE's discriminator takes no part in the module's loss
+            trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
+        if use_distributed_sampler(trainer_kwargs.get("strategy")):
+            # Lightning syncs epoch metrics across processes in place, which fails on tensors
+            # logged under inference mode (validation); no_grad validation avoids that
+            trainer_kwargs.setdefault("inference_mode", False)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("early_stopping_patience", 20)
         if train_size >= 1.0 and early_stopping:

@@ -71,6 +71,7 @@ class CLUE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
     _module_cls = CLUEModule
     _training_plan_cls = AdversarialTrainingPlan
+    _ddp_unused_parameters = True  # the discriminator is not part of the module's loss
 
     def __init__(
         self,

@@ -8,6 +8,8 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
+from ._plans import SyncableMetricsMixin
+
 _OPTIMIZERS = {
     "Adam": torch.optim.Adam,
     "AdamW": torch.optim.AdamW,
@@ -15,7 +17,7 @@ _OPTIMIZERS = {
 }
 
 
-class AdversarialTrainingPlan(TrainingPlan):
+class AdversarialTrainingPlan(SyncableMetricsMixin, TrainingPlan):
     """Manual optimisation of a module with a built-in discriminator (e.g. CLUE).
 
     Each training step (1) computes the module's loss, which includes the encoders' term that

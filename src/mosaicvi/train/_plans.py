@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
 
-class MosaicTrainingPlan(TrainingPlan):
+class SyncableMetricsMixin:
+    """Log scvi-tools' epoch metrics as ordinary (no-grad) tensors instead of inference tensors.
+
+    scvi-tools computes the logged metrics under ``torch.inference_mode``; with several
+    processes (DDP) Lightning averages them across processes *in place* at the end of an epoch,
+    which inference tensors forbid. The same computation under ``torch.no_grad`` is equivalent
+    and syncs.
+    """
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode):  # noqa: D102
+        with torch.no_grad():
+            return TrainingPlan.compute_and_log_metrics.__wrapped__(
+                self, loss_output, metrics, mode
+            )
+
+
+class MosaicTrainingPlan(SyncableMetricsMixin, TrainingPlan):
     """scvi-tools' plan with extra loss weights, and the module in train mode on every fit.
 
     Parameters
