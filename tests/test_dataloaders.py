@@ -73,3 +73,15 @@ def test_feature_dispersion_nb_matches_scvi_tools():
     (g_expected,) = torch.autograd.grad(expected.sum(), log_theta)
     (g_got,) = torch.autograd.grad(got.sum(), log_theta)
     torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-3)
+
+
+def test_count_poisson_and_log_factorial_match_torch():
+    from torch.distributions import Poisson
+
+    from mosaicvi.distributions._likelihoods import CountPoisson, log_factorial
+
+    torch.manual_seed(0)
+    rate = torch.rand(40, 70) * 6 + 1e-6
+    x = torch.poisson(rate)
+    torch.testing.assert_close(log_factorial(x), torch.lgamma(x + 1))
+    torch.testing.assert_close(CountPoisson(rate).log_prob(x), Poisson(rate).log_prob(x))

@@ -63,6 +63,28 @@ class _ScaleHead(nn.Module):
         return params
 
 
+def log_factorial(x: torch.Tensor) -> torch.Tensor:
+    """``lgamma(x + 1)`` of counts, evaluated only where ``x > 1`` (it is 0 for 0 and 1).
+
+    Single-cell counts are mostly 0 or 1, so this skips most ``lgamma`` calls; the term is
+    constant in the parameters and never needs a gradient.
+    """
+    out = torch.zeros_like(x)
+    above_one = x > 1
+    out[above_one] = torch.lgamma(x[above_one] + 1.0)
+    return out
+
+
+class CountPoisson(Poisson):
+    """Poisson over counts with a cheaper log-density (no per-entry support check)."""
+
+    def __init__(self, rate: torch.Tensor):
+        super().__init__(rate, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return value * torch.log(self.rate) - self.rate - log_factorial(value)
+
+
 class FeatureDispersionNB(NegativeBinomial):
     """scvi-tools' negative binomial, with the log-density computed per feature where it can.
 
@@ -83,7 +105,7 @@ class FeatureDispersionNB(NegativeBinomial):
             - theta * log_theta_mu
             + value * (torch.log(mu + _EPS) - log_theta_mu)
             + torch.lgamma(value + theta)
-            - torch.lgamma(value + 1.0)
+            - log_factorial(value)
         )
 
 
@@ -136,7 +158,7 @@ class PoissonLikelihood(NegativeBinomialLikelihood):
         return _ScaleHead(n_hidden, n_vars, dispersion=False, zero_inflation=False)
 
     def distribution(self, params, library):  # noqa: D102
-        return Poisson(params["scale"] * library.exp() + _EPS)
+        return CountPoisson(params["scale"] * library.exp() + _EPS)
 
 
 class _LogitHead(nn.Module):
