@@ -85,3 +85,22 @@ def test_count_poisson_and_log_factorial_match_torch():
     x = torch.poisson(rate)
     torch.testing.assert_close(log_factorial(x), torch.lgamma(x + 1))
     torch.testing.assert_close(CountPoisson(rate).log_prob(x), Poisson(rate).log_prob(x))
+
+
+def test_expression_streams_to_backed_h5ad(mosaic, tmp_path):
+    model = mv.model.MultiVAE(mosaic, n_hidden=16)
+    model.train(max_epochs=2, batch_size=64, **QUIET)
+    in_memory = model.get_normalized_expression(modality="adt", batch_size=50)
+    backed = model.get_normalized_expression(
+        modality="adt", batch_size=50, out=tmp_path / "adt.h5ad"
+    )
+    assert backed.isbacked and backed.shape == in_memory.shape
+    assert list(backed.obs_names) == list(in_memory.index)
+    assert list(backed.var_names) == list(in_memory.columns)
+    np.testing.assert_allclose(backed.X[:], in_memory.to_numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="h5ad"):
+        model.get_normalized_expression(modality="adt", out=tmp_path / "adt.csv")
+    with pytest.raises(ValueError, match="return_mean"):
+        model.get_normalized_expression(
+            modality="adt", n_samples=2, return_mean=False, out=tmp_path / "x.h5ad"
+        )

@@ -45,6 +45,7 @@ from mosaicvi.dataloaders import InMemoryDataLoader, InMemoryDataSplitter
 from mosaicvi.distributions import get_likelihood
 from mosaicvi.train import FrozenReferenceCallback
 
+from ._output import collect_rows
 from ._surgery import freeze, transfer_reference_weights
 
 logger = logging.getLogger("mosaicvi")
@@ -491,7 +492,8 @@ class MosaicModelMixin:
         return_mean: bool = True,
         batch_size: int | None = None,
         from_modalities: str | Sequence[str] | None = None,
-    ) -> pd.DataFrame | np.ndarray:
+        out: str | os.PathLike | None = None,
+    ) -> pd.DataFrame | np.ndarray | ad.AnnData:
         """Expected values of one modality decoded from the joint latent (imputation).
 
         Cells that lack ``modality`` get it imputed from the modalities they have.
@@ -521,10 +523,14 @@ class MosaicModelMixin:
             Minibatch size for inference.
         from_modalities
             Infer z from these modalities only (e.g. predict protein from RNA for paired cells).
+        out
+            Path of an ``.h5ad`` file: write the values there minibatch by minibatch (memory
+            holds one minibatch, not ``cells x features``) and return it as a backed AnnData.
 
         Returns
         -------
-        DataFrame ``cells x features`` (the modality's ``var_names``), or a samples-first array.
+        DataFrame ``cells x features`` (the modality's ``var_names``), a samples-first array, or
+        with ``out`` a backed AnnData.
         """
         if modality is None:
             raise ValueError(f"Pass `modality=`, one of {self.modalities}.")
@@ -547,33 +553,37 @@ class MosaicModelMixin:
             batch_codes = _get_batch_code_from_category(
                 self.get_anndata_manager(adata, required=True), _names(transform_batch)
             )
+        if out is not None and not return_mean and n_samples > 1:
+            raise ValueError("out= writes one value per cell and feature: use return_mean=True.")
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        chunks = []
-        for tensors in loader:
-            inputs = self.module._get_inference_input(tensors)
-            outputs = self.module.inference(**inputs, use_modalities=use, n_samples=n_samples)
-            z = outputs["qz_mean"] if n_samples == 1 else outputs["z"]
-            batch_index = inputs["batch_index"]
-            per_batch = []
-            for code in batch_codes:
-                decode_batch = batch_index if code is None else torch.full_like(batch_index, code)
-                params = self.module.decoder_parameters(
-                    k, z, decode_batch, inputs["cat_covs"], inputs["cont_covs"]
-                )
-                per_batch.append(likelihood.normalized_mean(params))
-            values = torch.stack(per_batch).mean(0)
-            if library_size == "latent":
-                values = values * self._library(z, inputs, outputs["library"], k).exp()
-            elif library_size != 1:
-                values = values * float(library_size)
-            chunks.append(values if n_samples > 1 else values.unsqueeze(0))
-        samples = torch.cat(chunks, dim=1).cpu().numpy()
+
+        def samples_per_minibatch():
+            for tensors in loader:
+                inputs = self.module._get_inference_input(tensors)
+                outputs = self.module.inference(**inputs, use_modalities=use, n_samples=n_samples)
+                z = outputs["qz_mean"] if n_samples == 1 else outputs["z"]
+                batch_index = inputs["batch_index"]
+                per_batch = []
+                for code in batch_codes:
+                    decode_batch = (
+                        batch_index if code is None else torch.full_like(batch_index, code)
+                    )
+                    params = self.module.decoder_parameters(
+                        k, z, decode_batch, inputs["cat_covs"], inputs["cont_covs"]
+                    )
+                    per_batch.append(likelihood.normalized_mean(params))
+                values = torch.stack(per_batch).mean(0)
+                if library_size == "latent":
+                    values = values * self._library(z, inputs, outputs["library"], k).exp()
+                elif library_size != 1:
+                    values = values * float(library_size)
+                yield (values if n_samples > 1 else values.unsqueeze(0)).cpu().numpy()
+
         if not return_mean and n_samples > 1:
-            return samples
+            return np.concatenate(list(samples_per_minibatch()), axis=1)
         obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-        return pd.DataFrame(
-            samples.mean(0), index=obs_names, columns=self.modality_var_names(modality)
-        )
+        means = (samples.mean(0) for samples in samples_per_minibatch())
+        return collect_rows(means, obs_names, self.modality_var_names(modality), out)
 
     def _library(self, z: torch.Tensor, inputs: dict, library: torch.Tensor, k: int):
         """Observed log library of modality k, or the one predicted from z where unobserved."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -33,6 +34,7 @@ from mosaicvi.nn._pipeline import TRANSFORMS
 from mosaicvi.train import JAETrainingPlan
 
 from ._base import DataLoaderChoice, MosaicModelMixin
+from ._output import collect_rows
 
 logger = logging.getLogger("mosaicvi")
 
@@ -510,7 +512,8 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         return_mean: bool = True,
         batch_size: int | None = None,
         from_modalities: str | Sequence[str] | None = None,
-    ) -> pd.DataFrame:
+        out: str | os.PathLike | None = None,
+    ) -> pd.DataFrame | ad.AnnData:
         """Expression of one modality reconstructed from the latent (approximate imputation).
 
         JAE decodes a modality's input features (SVD scores or CLR values), not counts: the
@@ -520,7 +523,7 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
 
         Parameters
         ----------
-        adata, indices, modality, batch_size, from_modalities
+        adata, indices, modality, batch_size, from_modalities, out
             As in :meth:`mosaicvi.model.MultiVAE.get_normalized_expression`.
         library_size
             Scale of the proportions (1: rows sum to 1).
@@ -541,18 +544,17 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         assembled = self._validate_anndata(adata)
         use = self._use_modalities(from_modalities, self._observed(assembled, indices))
         loader = self._make_data_loader(adata=assembled, indices=indices, batch_size=batch_size)
-        chunks = []
-        for tensors in loader:
-            outputs = self.module.inference(
-                **self.module._get_inference_input(tensors), use_modalities=use
-            )
-            chunks.append(self.module.proportions(k, outputs["qz_mean"]) * float(library_size))
+
+        def blocks():
+            for tensors in loader:
+                outputs = self.module.inference(
+                    **self.module._get_inference_input(tensors), use_modalities=use
+                )
+                values = self.module.proportions(k, outputs["qz_mean"]) * float(library_size)
+                yield values.cpu().numpy()
+
         obs_names = assembled.obs_names if indices is None else assembled.obs_names[indices]
-        return pd.DataFrame(
-            torch.cat(chunks).cpu().numpy(),
-            index=obs_names,
-            columns=self.modality_var_names(modality),
-        )
+        return collect_rows(blocks(), obs_names, self.modality_var_names(modality), out)
 
     # ------------------------------------------------------------------ query mapping / loading
     @classmethod
