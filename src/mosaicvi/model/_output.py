@@ -26,7 +26,11 @@ def collect_rows(
     if out is None:
         return pd.DataFrame(np.concatenate(list(blocks)), index=obs_names, columns=var_names)
     import h5py
-    from anndata.io import write_elem
+
+    try:
+        from anndata.io import write_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import write_elem
 
     path = Path(out)
     if path.suffix != ".h5ad":
