@@ -104,3 +104,9 @@ def test_expression_streams_to_backed_h5ad(mosaic, tmp_path):
         model.get_normalized_expression(
             modality="adt", n_samples=2, return_mean=False, out=tmp_path / "x.h5ad"
         )
+
+
+def test_tensor_bank_shares_the_registered_matrix(mosaic):
+    model = mv.model.MultiVAE(mosaic, n_hidden=16)
+    bank = TensorBank(model.adata_manager)
+    assert np.shares_memory(bank.fields["X"].matrix.data, model.adata.X.data)

@@ -182,6 +182,8 @@ def observed_mask(mdata: MuData, mod_keys: Sequence[str]) -> np.ndarray:
 def _padded_rows(matrix, positions: np.ndarray, n_cells: int) -> sp.csr_matrix:
     """Place the rows of ``matrix`` at ``positions`` of an otherwise empty sparse matrix."""
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    if len(positions) == n_cells and np.array_equal(positions, np.arange(n_cells)):
+        return matrix  # every cell, in order: no product (saves a copy of the data at setup)
     selector = sp.csr_matrix(
         (np.ones(len(positions), dtype=np.float32), (positions, np.arange(len(positions)))),
         shape=(n_cells, len(positions)),

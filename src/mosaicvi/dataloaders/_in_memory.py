@@ -29,8 +29,10 @@ class _CSRRows:
     """
 
     def __init__(self, matrix: sp.spmatrix, device: torch.device, pin_memory: bool):
-        matrix = sp.csr_matrix(matrix, dtype=np.float32)
-        matrix.sort_indices()
+        if not (sp.isspmatrix_csr(matrix) or isinstance(matrix, sp.csr_array)):
+            matrix = sp.csr_matrix(matrix)
+        if matrix.dtype != np.float32:  # otherwise share the registered matrix, no copy
+            matrix = matrix.astype(np.float32)
         self.device = device
         self.pin_memory = pin_memory
         self.n_cols = matrix.shape[1]
