@@ -346,7 +346,10 @@ class MosaicModelMixin:
         for k, spec in enumerate(specs):
             stop = start + spec.n_vars
             if get_likelihood(spec.likelihood).uses_library:
-                totals = np.asarray(self.adata.X[observed[:, k], start:stop].sum(1)).ravel()
+                # a mat-vec with the modality's column indicator: no copy of the data
+                columns = np.zeros(self.adata.n_vars, dtype=np.float32)
+                columns[start:stop] = 1.0
+                totals = np.asarray(self.adata.X @ columns).ravel()[observed[:, k]]
                 if totals.size:  # a query may lack the modality (its predictor is transferred)
                     means[k] = np.log(np.maximum(totals, 1.0)).mean()
             start = stop
