@@ -245,7 +245,6 @@ def run_worker(args: argparse.Namespace) -> None:
         "input_mb": input_mb,
         "rss_before_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),
-        "process_peak_mb": peak_rss_mb(),
         "latent_dims": int(z.shape[1]),
         "data_loader": getattr(model, "data_loader_", "anndata"),
     }

@@ -40,7 +40,7 @@ from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.model.base._save_load import _initialize_model, _load_saved_files, _validate_var_names
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs, prepare_query
-from mosaicvi.data._constants import BATCH_COLUMN, OBSERVED_OBSM_KEY
+from mosaicvi.data._constants import BATCH_COLUMN, MODALITY_VAR_COLUMN, OBSERVED_OBSM_KEY
 from mosaicvi.dataloaders import InMemoryDataLoader, InMemoryDataSplitter
 from mosaicvi.distributions import get_likelihood
 from mosaicvi.train import FrozenReferenceCallback
@@ -176,9 +176,6 @@ class MosaicModelMixin:
             ``source_registry`` / ``extend_categories`` of
             :meth:`scvi.data.AnnDataManager.register_fields`.
         """
-        unknown = set(kwargs) - {"source_registry", "extend_categories"}
-        if unknown:
-            raise TypeError(f"setup_mudata got unexpected arguments {sorted(unknown)}.")
         cls._setup_and_log(
             mdata,
             modalities,
@@ -191,8 +188,18 @@ class MosaicModelMixin:
         )
 
     @classmethod
-    def _setup_and_log(cls, mdata: MuData, *args, **kwargs) -> ad.AnnData:
-        """Register ``mdata`` (arguments of :meth:`_register_mudata`) and log what was chosen."""
+    def _setup_and_log(
+        cls, mdata: MuData, *args, model_args: dict | None = None, **register_kwargs
+    ) -> ad.AnnData:
+        """Register ``mdata`` (arguments of :meth:`_register_mudata`) and log what was chosen.
+
+        ``register_kwargs`` are what ``setup_mudata(**kwargs)`` accepts (``source_registry``,
+        ``extend_categories``); ``model_args`` a subclass's own setup arguments.
+        """
+        unknown = set(register_kwargs) - {"source_registry", "extend_categories"}
+        if unknown:
+            raise TypeError(f"setup_mudata got unexpected arguments {sorted(unknown)}.")
+        kwargs = {**(model_args or {}), **register_kwargs}
         assembled = cls._register_mudata(mdata, *args, require_observed=True, **kwargs)
         specs = RegisteredModalities(cls._most_recent_registry(assembled)).modality_specs
         mask = assembled.obsm[OBSERVED_OBSM_KEY].astype(bool)
@@ -341,18 +348,16 @@ class MosaicModelMixin:
         Start value of a module's library predictors (shared by the models).
         """
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
+        # one product with a features x modalities indicator: every library, no copy of X
+        owner = self.adata.var[MODALITY_VAR_COLUMN].to_numpy()
+        indicator = np.stack([owner == spec.name for spec in specs], axis=1).astype(np.float32)
+        totals = np.asarray(self.adata.X @ indicator)
         means = np.zeros(len(specs), dtype=np.float32)
-        start = 0
         for k, spec in enumerate(specs):
-            stop = start + spec.n_vars
-            if get_likelihood(spec.likelihood).uses_library:
-                # a mat-vec with the modality's column indicator: no copy of the data
-                columns = np.zeros(self.adata.n_vars, dtype=np.float32)
-                columns[start:stop] = 1.0
-                totals = np.asarray(self.adata.X @ columns).ravel()[observed[:, k]]
-                if totals.size:  # a query may lack the modality (its predictor is transferred)
-                    means[k] = np.log(np.maximum(totals, 1.0)).mean()
-            start = stop
+            seen = totals[observed[:, k], k]
+            # a query may lack the modality (its predictor is transferred from the reference)
+            if get_likelihood(spec.likelihood).uses_library and seen.size:
+                means[k] = np.log(np.maximum(seen, 1.0)).mean()
         return torch.as_tensor(means)
 
     def _covariate_sizes(self) -> dict:

@@ -199,9 +199,6 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         **kwargs
             ``source_registry`` / ``extend_categories`` (used when loading models).
         """
-        unknown = set(kwargs) - {"source_registry", "extend_categories"}
-        if unknown:
-            raise TypeError(f"setup_mudata got unexpected arguments {sorted(unknown)}.")
         if cell_cycle_keys is not None and (
             isinstance(cell_cycle_keys, str) or len(cell_cycle_keys) != 2
         ):
@@ -216,11 +213,13 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
             batch_key,
             None,
             None,
-            labels_key=labels_key,
-            unlabeled_category=unlabeled_category,
-            cell_cycle_keys=None if cell_cycle_keys is None else list(cell_cycle_keys),
-            cell_cycle_modality=cell_cycle_modality,
-            organism=organism,
+            model_args={
+                "labels_key": labels_key,
+                "unlabeled_category": unlabeled_category,
+                "cell_cycle_keys": None if cell_cycle_keys is None else list(cell_cycle_keys),
+                "cell_cycle_modality": cell_cycle_modality,
+                "organism": organism,
+            },
             **kwargs,
         )
 

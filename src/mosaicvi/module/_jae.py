@@ -85,6 +85,10 @@ class JAEModule(MosaicModule):
             bounds.append(bounds[-1] + transform.n_out)
         self.feature_slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         self.n_features = bounds[-1]
+        # modality of each input feature, built once rather than every step
+        self._feature_modality = torch.repeat_interleave(
+            torch.arange(len(self.transforms)), torch.tensor([t.n_out for t in self.transforms])
+        )
 
         self.latent_sizes = {
             "cell_type": n_labels,
@@ -124,8 +128,9 @@ class JAEModule(MosaicModule):
 
     def _expand(self, mask: torch.Tensor) -> torch.Tensor:
         """Modality mask ``(n, K)`` -> feature mask ``(n, n_features)``."""
-        sizes = [s.stop - s.start for s in self.feature_slices]
-        return torch.repeat_interleave(mask, torch.tensor(sizes, device=mask.device), dim=1)
+        if self._feature_modality.device != mask.device:
+            self._feature_modality = self._feature_modality.to(mask.device)
+        return mask[:, self._feature_modality]
 
     @auto_move_data
     def inference(
