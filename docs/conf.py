@@ -19,6 +19,7 @@ except PackageNotFoundError:
 version = ".".join(release.split(".")[:2])
 
 extensions = [
+    "myst_nb",
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
@@ -51,14 +52,32 @@ intersphinx_mapping = {
 if os.environ.get("MOSAICVI_DOCS_OFFLINE"):  # machines without internet: no cross-links
     intersphinx_mapping = {}
 
-source_suffix = {".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+# Notebooks are rendered with the outputs committed in tutorials/ (CI executes them on the real
+# data in tests/test_tutorials.py; the docs build needs neither the data nor a kernel).
+nb_execution_mode = "off"
+nb_merge_streams = True
+
+
+def _copy_tutorials() -> None:
+    """Render the notebooks of tutorials/ under docs/tutorials/ (one copy, made at build time)."""
+    import shutil
+
+    target = Path(__file__).parent / "tutorials"
+    for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        shutil.copy2(notebook, target / notebook.name)
+
+
+_copy_tutorials()
 master_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 
-try:
-    import furo  # noqa: F401
-
-    html_theme = "furo"
-except ImportError:
-    html_theme = "alabaster"
+html_theme = "sphinx_book_theme"  # the theme of scanpy, scvi-tools and the scverse docs
+html_theme_options = {
+    "repository_url": "https://github.com/mosaicvi/mosaicvi",
+    "use_repository_button": True,
+    "path_to_docs": "docs/",
+    "navigation_with_keys": False,
+}
 html_title = f"mosaicvi {release}"

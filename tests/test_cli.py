@@ -23,9 +23,9 @@ def test_help_and_no_command(capsys):
     assert main([]) == 1
 
 
-def test_benchmark_points_to_script(capsys):
-    assert main(["benchmark"]) == 0
-    assert "benchmarks/integration.py" in capsys.readouterr().out
+def test_benchmark_requires_data(capsys):
+    assert main(["benchmark"]) == 2
+    assert "--data" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, distributions, metrics, model, module, nn, tools, train
+from . import benchmark, data, dataloaders, distributions, metrics, model, module, nn, tools, train
 
 try:
     __version__ = version("mosaicvi")
@@ -19,7 +19,9 @@ if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by 
     _logger.propagate = False
 
 __all__ = [
+    "benchmark",
     "data",
+    "dataloaders",
     "distributions",
     "metrics",
     "model",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -21,6 +22,7 @@ from typing import Any
 LATENT_KEY = "X_mosaicvi"
 DEFAULT_DEMO_OUT = "mosaicvi_demo"
 DEFAULT_FIT_OUT = "mosaicvi_output"
+DEFAULT_BENCHMARK_OUT = "mosaicvi_benchmark"
 
 
 class CLIError(Exception):
@@ -156,7 +158,64 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(fit, epochs=100, threads=max(1, min(2, os.cpu_count() or 1)))
     fit.set_defaults(func=_cmd_fit)
 
-    bench = sub.add_parser("benchmark", help="how to run the benchmarks")
+    bench = sub.add_parser(
+        "benchmark",
+        help="compare mosaicvi's models with scvi-tools peers on your data; write a report",
+        description=(
+            "Train several methods on the paired cells of a MuData file (RNA + adt or RNA + atac) "
+            "with the second modality hidden in held-out cells, then score integration "
+            "(scIB metrics) and imputation of the hidden modality. Writes report.md, "
+            "scores.csv and figures (UMAPs, metric bars, imputed vs measured) to --out. "
+            "The input file is not modified."
+        ),
+    )
+    bench.add_argument("--data", required=True, help="input MuData file (.h5mu)")
+    bench.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated methods: multivae, clue, jae, totalvi (RNA+adt), multivi "
+        "(RNA+atac), peer (whichever fits); an RNA PCA baseline is always added "
+        "(default: multivae,clue,jae,peer)",
+    )
+    bench.add_argument(
+        "--second", default=None, help="modality paired with rna: adt or atac (default: detected)"
+    )
+    bench.add_argument(
+        "--batch-key", default=None, help="column of mdata.obs with the batch (default 'batch')"
+    )
+    bench.add_argument(
+        "--label-key",
+        default=None,
+        help="column of mdata.obs with cell types (default 'cell_type' when present)",
+    )
+    bench.add_argument(
+        "--layer",
+        default=None,
+        help="layer with raw counts (default: 'counts' where present, else .X); X for .X",
+    )
+    bench.add_argument(
+        "--holdout-batch",
+        default=None,
+        help="batch whose second modality is hidden and imputed (default: the smallest batch; "
+        "a random 20%% of cells when there is one batch)",
+    )
+    bench.add_argument(
+        "--max-cells", type=int, default=None, help="subsample to at most this many cells"
+    )
+    bench.add_argument("--out", default=DEFAULT_BENCHMARK_OUT, help="output folder")
+    bench.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs for every neural method (default: 40,000 / cells, between 20 and 200)",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, min(2, os.cpu_count() or 1)),
+        help="CPU threads for torch",
+    )
     bench.set_defaults(func=_cmd_benchmark)
     return parser
 
@@ -187,12 +246,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    print(
-        "The benchmark suite is a script, not a CLI command yet. From the repository root run:\n"
-        "    python benchmarks/integration.py\n"
-        "It uses the real data in ../shared/data (see README.md, 'Benchmarks')."
+    t_start = time.perf_counter()
+    path = _check_h5mu_path(Path(args.data), "mosaicvi benchmark")
+    out = Path(args.out)
+    args.accelerator = "auto"
+    _configure_runtime(args)
+    from mosaicvi import benchmark
+
+    mdata = _read_mudata(path)
+    batch_key = _resolve_obs_key(mdata, args.batch_key, "batch", "--batch-key")
+    label_key = _resolve_obs_key(mdata, args.label_key, "cell_type", "--label-key")
+    try:
+        task, protocol = benchmark.prepare_task(
+            mdata,
+            second=args.second,
+            batch_key=batch_key,
+            labels_key=label_key,
+            layer=args.layer,
+            holdout_batch=args.holdout_batch,
+            epochs=args.epochs,
+            max_cells=args.max_cells,
+            seed=args.seed,
+        )
+        methods = benchmark.resolve_methods(args.models, task.second)
+    except (ValueError, KeyError) as exc:
+        raise CLIError(_clean_message(exc)) from exc
+    protocol = {"data": str(path), **protocol}
+    _say(
+        f"{protocol['cells']} paired cells, {protocol['modalities']}; {protocol['holdout']}; "
+        f"methods: {', '.join(methods)}"
     )
-    return 0
+    result = benchmark.run_benchmark(task, methods, protocol=protocol, progress=_say)
+    command = "mosaicvi " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    report = benchmark.write_report(
+        result, out, title=f"mosaicvi benchmark: {path.name}", command=command, seed=args.seed
+    )
+    print()
+    print(result.scores.round(3).to_string())
+    print()
+    failed = [m for m, notes in result.notes.items() if any(n.startswith("failed") for n in notes)]
+    _say(f"report: {report.resolve()} ({time.perf_counter() - t_start:.0f} s)")
+    if failed:
+        _say(f"failed methods: {', '.join(failed)} (see the report's notes)")
+    return 1 if len(failed) == len(methods) else 0
+
+
+def _read_mudata(path: Path) -> Any:
+    import mudata
+
+    _say(f"reading {path}")
+    try:
+        return mudata.read_h5mu(path)
+    except Exception as exc:  # any read failure is the user's file
+        raise CLIError(f"could not read {path} as MuData: {exc}") from exc
+
+
+def _check_h5mu_path(path: Path, command: str) -> Path:
+    if not path.exists():
+        raise CLIError(f"data file not found: {path}")
+    if path.is_dir():
+        raise CLIError(f"--data must be a .h5mu file, got a folder: {path}")
+    if path.suffix == ".h5ad":
+        raise CLIError(
+            f"{path} is an AnnData file; `{command}` needs a MuData file (.h5mu) with one "
+            "modality per assay, e.g. built with mudata.MuData({'rna': rna, 'adt': adt})"
+        )
+    return path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -231,29 +350,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    path = Path(args.data)
-    if not path.exists():
-        raise CLIError(f"data file not found: {path}")
-    if path.is_dir():
-        raise CLIError(f"--data must be a .h5mu file, got a folder: {path}")
-    if path.suffix == ".h5ad":
-        raise CLIError(
-            f"{path} is an AnnData file; `mosaicvi fit` needs a MuData file (.h5mu) with one "
-            "modality per assay, e.g. built with mudata.MuData({'rna': rna, 'adt': adt})"
-        )
+    path = _check_h5mu_path(Path(args.data), "mosaicvi fit")
     out = Path(args.out)
     if out.resolve() == path.resolve().parent and path.name == "latent.h5mu":
         raise CLIError("--out would overwrite the input file; choose another folder")
     likelihoods = _parse_likelihoods(args.likelihood)
     _configure_runtime(args)
-
-    import mudata
-
-    _say(f"reading {path}")
-    try:
-        mdata = mudata.read_h5mu(path)
-    except Exception as exc:  # any read failure is the user's file
-        raise CLIError(f"could not read {path} as MuData: {exc}") from exc
+    mdata = _read_mudata(path)
 
     available = list(mdata.mod)
     modalities = list(args.modalities) if args.modalities else available
@@ -382,6 +485,7 @@ def _run_pipeline(
     import mosaicvi.data
     import mosaicvi.metrics
     import mosaicvi.model
+    from mosaicvi.benchmark import epochs_run_of
     from mosaicvi.model import MultiVAE
 
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +529,7 @@ def _run_pipeline(
         **_quiet_trainer_kwargs(),
     )
     train_time = time.perf_counter() - t0
-    epochs_run = _epochs_run(model, default=args.epochs)
+    epochs_run = epochs_run_of(model, default=args.epochs)
     _say(f"trained {epochs_run} epochs in {train_time:.1f} s")
 
     _say("computing the joint latent representation and per-modality embeddings")
@@ -575,14 +679,6 @@ def _missing_labels(labels: Any) -> Any:
 
     low = np.char.lower(labels.astype(str))
     return np.isin(low, ["nan", "none", "", "unknown"])
-
-
-def _epochs_run(model: Any, default: int) -> int:
-    hist = getattr(model, "history", None) or {}
-    for key in ("train_loss_epoch", "elbo_train", "train_loss"):
-        if key in hist and len(hist[key]):
-            return len(hist[key])
-    return default
 
 
 def _final_loss(model: Any) -> float | None:

@@ -11,6 +11,7 @@ from ._mosaic import (
     validate_matrix,
 )
 from ._query import prepare_query
+from ._readers import read_10x_multimodal, read_neurips2021, read_snareseq
 from ._simulate import simulate
 
 __all__ = [
@@ -25,4 +26,7 @@ __all__ = [
     "validate_matrix",
     "simulate",
     "prepare_query",
+    "read_neurips2021",
+    "read_10x_multimodal",
+    "read_snareseq",
 ]

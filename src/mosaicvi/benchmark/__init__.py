@@ -1,0 +1,23 @@
+"""Benchmark mosaicvi's models against scvi-tools peers on your own paired data.
+
+:func:`prepare_task` hides one modality in held-out cells, :func:`run_benchmark` trains and
+scores every method the same way, :func:`write_report` writes a markdown report with figures.
+``mosaicvi benchmark --data FILE.h5mu --out DIR`` does all three.
+"""
+
+from ._methods import METHODS, BenchmarkTask, MethodOutput, epochs_run_of
+from ._report import write_report
+from ._run import BenchmarkResult, default_epochs, prepare_task, resolve_methods, run_benchmark
+
+__all__ = [
+    "METHODS",
+    "BenchmarkResult",
+    "BenchmarkTask",
+    "MethodOutput",
+    "default_epochs",
+    "epochs_run_of",
+    "prepare_task",
+    "resolve_methods",
+    "run_benchmark",
+    "write_report",
+]

@@ -1,0 +1,322 @@
+"""The methods a benchmark compares: mosaicvi's models, scvi-tools peers and an RNA PCA baseline.
+
+Every runner gets the same :class:`BenchmarkTask` (paired cells, one modality hidden in the
+held-out cells) and returns a :class:`MethodOutput`: a latent for every cell and, where the
+method can, the hidden modality predicted for the held-out cells.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+RNA = "rna"
+N_PCS = 20
+K_IMPUTE = 15
+
+
+@dataclass
+class BenchmarkTask:
+    """What every method is trained and scored on.
+
+    Attributes
+    ----------
+    mdata
+        Paired MuData (every cell has both modalities), raw counts in ``X``; RNA first.
+    second
+        Name of the non-RNA modality (``"adt"`` or ``"atac"``), the one hidden and imputed.
+    hidden
+        Boolean array over cells: the second modality of these cells is hidden in training.
+    batch_key
+        Column of ``mdata.obs`` with the batch (always present; one category if the data has
+        no batches).
+    labels_key
+        Column of ``mdata.obs`` with cell types, or ``None``.
+    labels_seen
+        Boolean array: cells whose label a semi-supervised method (JAE) may train on.
+    epochs
+        Epochs for every neural method.
+    seed
+        Random seed.
+    """
+
+    mdata: Any
+    second: str
+    hidden: np.ndarray
+    batch_key: str
+    labels_key: str | None
+    labels_seen: np.ndarray
+    epochs: int
+    seed: int = 0
+
+    @property
+    def n_batches(self) -> int:
+        """Number of batches."""
+        return int(self.mdata.obs[self.batch_key].nunique())
+
+    @property
+    def hidden_idx(self) -> np.ndarray:
+        """Integer positions of the held-out cells."""
+        return np.flatnonzero(self.hidden)
+
+
+@dataclass
+class MethodOutput:
+    """What one method produced."""
+
+    latent: np.ndarray
+    imputed: pd.DataFrame | None
+    train_seconds: float
+    epochs: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _mosaic(task: BenchmarkTask) -> Any:
+    """The task's data with the held-out cells absent from the second modality."""
+    import mudata as md
+
+    full = task.mdata
+    mods = {RNA: full[RNA].copy(), task.second: full[task.second][~task.hidden].copy()}
+    mosaic = md.MuData(mods)
+    mosaic = (
+        mosaic[full.obs_names].copy() if not mosaic.obs_names.equals(full.obs_names) else mosaic
+    )
+    mosaic.obs = full.obs.loc[mosaic.obs_names].copy()
+    return mosaic
+
+
+def _with_zeros(task: BenchmarkTask) -> Any:
+    """The task's data with the held-out cells' second modality set to zero (scvi-tools peers)."""
+    import anndata as ad
+    import mudata as md
+
+    full = task.mdata
+    x = sp.csr_matrix(full[task.second].X, dtype=np.float32)
+    x = sp.csr_matrix(sp.diags((~task.hidden).astype(np.float32)) @ x)
+    x.eliminate_zeros()
+    if task.second == "adt":  # TOTALVI reads proteins as a dense matrix
+        x = x.toarray()
+    second = ad.AnnData(X=x, obs=full[task.second].obs.copy(), var=full[task.second].var.copy())
+    mdata = md.MuData({RNA: full[RNA].copy(), task.second: second})  # RNA first for MULTIVI
+    mdata.obs = full.obs.loc[mdata.obs_names].copy()
+    return mdata
+
+
+def _train(model: Any, task: BenchmarkTask) -> float:
+    start = time.perf_counter()
+    model.train(
+        max_epochs=task.epochs,
+        early_stopping=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return time.perf_counter() - start
+
+
+def epochs_run_of(model: Any, default: int) -> int:
+    """Epochs a trained model ran (from its history), ``default`` when it has none."""
+    history = getattr(model, "history", None) or {}
+    for key in ("train_loss_epoch", "elbo_train", "train_loss"):
+        if key in history and len(history[key]):
+            return len(history[key])
+    return default
+
+
+def _run_mosaicvi(model_cls: Any, task: BenchmarkTask, **setup: Any) -> MethodOutput:
+    mosaic = _mosaic(task)
+    model_cls.setup_mudata(
+        mosaic,
+        modalities={RNA: RNA, task.second: task.second},
+        batch_key=task.batch_key,
+        **setup,
+    )
+    model = model_cls(mosaic)
+    seconds = _train(model, task)
+    imputed = model.get_normalized_expression(indices=task.hidden_idx, modality=task.second)
+    return MethodOutput(
+        latent=np.asarray(model.get_latent_representation(), dtype=np.float32),
+        imputed=imputed,
+        train_seconds=seconds,
+        epochs=epochs_run_of(model, task.epochs),
+    )
+
+
+def run_multivae(task: BenchmarkTask) -> MethodOutput:
+    """MultiVAE with package defaults."""
+    from mosaicvi.model import MultiVAE
+
+    return _run_mosaicvi(MultiVAE, task)
+
+
+def run_clue(task: BenchmarkTask) -> MethodOutput:
+    """CLUE with package defaults."""
+    from mosaicvi.model import CLUE
+
+    return _run_mosaicvi(CLUE, task)
+
+
+def run_jae(task: BenchmarkTask) -> MethodOutput:
+    """JAE with package defaults; it sees only the labels of ``task.labels_seen`` cells."""
+    from mosaicvi.model import JAE
+
+    setup: dict[str, Any] = {}
+    notes = []
+    if task.labels_key is not None:
+        seen_key = "_mosaicvi_benchmark_labels"
+        labels = task.mdata.obs[task.labels_key].astype(object).copy()
+        labels[~task.labels_seen] = np.nan
+        task = _replace_obs_column(task, seen_key, labels)
+        setup["labels_key"] = seen_key
+        notes.append(f"trained on the labels of {int(task.labels_seen.sum())} cells")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*cell-cycle genes.*")
+        out = _run_mosaicvi(JAE, task, **setup)
+    out.notes.extend(notes)
+    out.notes.append("imputation is an approximate back-projection (no count likelihood)")
+    return out
+
+
+def _replace_obs_column(task: BenchmarkTask, key: str, values: pd.Series) -> BenchmarkTask:
+    """A task whose MuData (a copy) has one more obs column."""
+    mdata = task.mdata.copy()
+    mdata.obs[key] = values.to_numpy()
+    return BenchmarkTask(
+        mdata=mdata,
+        second=task.second,
+        hidden=task.hidden,
+        batch_key=task.batch_key,
+        labels_key=task.labels_key,
+        labels_seen=task.labels_seen,
+        epochs=task.epochs,
+        seed=task.seed,
+    )
+
+
+def _hidden_aligned_with_batches(task: BenchmarkTask) -> bool:
+    """Whether the held-out cells are exactly whole batches (what TOTALVI needs)."""
+    batches = task.mdata.obs[task.batch_key].to_numpy()
+    hidden_batches = set(batches[task.hidden])
+    return not set(batches[~task.hidden]) & hidden_batches
+
+
+def run_totalvi(task: BenchmarkTask) -> MethodOutput:
+    """scvi-tools TOTALVI with its defaults (RNA + protein only)."""
+    import scvi
+
+    if task.second != "adt":
+        raise ValueError("TOTALVI models RNA + protein (adt); this data has RNA + " + task.second)
+    mdata = _with_zeros(task)
+    scvi.model.TOTALVI.setup_mudata(
+        mdata,
+        modalities={"rna_layer": RNA, "protein_layer": task.second},
+        batch_key=task.batch_key,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some proteins have all 0 counts")
+        model = scvi.model.TOTALVI(mdata)
+    seconds = _train(model, task)
+    imputed, notes = None, []
+    if _hidden_aligned_with_batches(task):
+        _, imputed = model.get_normalized_expression(
+            indices=task.hidden_idx, include_protein_background=True
+        )
+    else:
+        notes.append(
+            "no imputation score: TOTALVI treats missing proteins per batch, and the held-out "
+            "cells share batches with measured ones"
+        )
+    return MethodOutput(
+        latent=np.asarray(model.get_latent_representation(), dtype=np.float32),
+        imputed=imputed,
+        train_seconds=seconds,
+        epochs=epochs_run_of(model, task.epochs),
+        notes=notes,
+    )
+
+
+def run_multivi(task: BenchmarkTask) -> MethodOutput:
+    """scvi-tools MULTIVI with its defaults (RNA + ATAC only)."""
+    import scvi
+
+    if task.second != "atac":
+        raise ValueError("MULTIVI models RNA + ATAC; this data has RNA + " + task.second)
+    mdata = _with_zeros(task)
+    scvi.model.MULTIVI.setup_mudata(
+        mdata,
+        modalities={"rna_layer": RNA, "atac_layer": task.second},
+        batch_key=task.batch_key,
+    )
+    model = scvi.model.MULTIVI(mdata)
+    seconds = _train(model, task)
+    imputed = model.get_normalized_accessibility(indices=task.hidden_idx)
+    return MethodOutput(
+        latent=np.asarray(model.get_latent_representation(), dtype=np.float32),
+        imputed=imputed,
+        train_seconds=seconds,
+        epochs=epochs_run_of(model, task.epochs),
+        notes=["imputation: accessibility probabilities (get_normalized_accessibility)"],
+    )
+
+
+def run_pca(task: BenchmarkTask) -> MethodOutput:
+    """Unintegrated baseline: PCA of log-normalised RNA; kNN regression for imputation."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.neighbors import NearestNeighbors
+
+    start = time.perf_counter()
+    rna = ad.AnnData(sp.csr_matrix(task.mdata[RNA].X, dtype=np.float32))
+    sc.pp.normalize_total(rna, target_sum=1e4)
+    sc.pp.log1p(rna)
+    n_comps = int(min(N_PCS, rna.n_obs - 1, rna.n_vars - 1))
+    sc.pp.pca(rna, n_comps=n_comps, random_state=task.seed)
+    z = np.asarray(rna.obsm["X_pca"], dtype=np.float32)
+    measured = np.flatnonzero(~task.hidden)
+    k = int(min(K_IMPUTE, len(measured)))
+    neighbours = NearestNeighbors(n_neighbors=k).fit(z[measured])
+    idx = neighbours.kneighbors(z[task.hidden_idx], return_distance=False)
+    counts = sp.csr_matrix(task.mdata[task.second].X, dtype=np.float32)[measured]
+    weights = sp.csr_matrix(
+        (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)),
+        shape=(len(idx), len(measured)),
+    )
+    imputed = weights @ counts
+    imputed = np.asarray(imputed.toarray() if sp.issparse(imputed) else imputed)
+    frame = pd.DataFrame(
+        imputed,
+        index=task.mdata.obs_names[task.hidden_idx],
+        columns=task.mdata[task.second].var_names,
+    )
+    return MethodOutput(
+        latent=z,
+        imputed=frame,
+        train_seconds=time.perf_counter() - start,
+        epochs=None,
+        notes=[f"RNA only: {n_comps} PCs; imputation = mean of the {k} nearest measured cells"],
+    )
+
+
+METHODS: dict[str, Callable[[BenchmarkTask], MethodOutput]] = {
+    "multivae": run_multivae,
+    "clue": run_clue,
+    "jae": run_jae,
+    "totalvi": run_totalvi,
+    "multivi": run_multivi,
+    "pca": run_pca,
+}
+DISPLAY_NAMES = {
+    "multivae": "MultiVAE",
+    "clue": "CLUE",
+    "jae": "JAE",
+    "totalvi": "TOTALVI",
+    "multivi": "MULTIVI",
+    "pca": "RNA PCA",
+}
+PEERS = {"adt": "totalvi", "atac": "multivi"}

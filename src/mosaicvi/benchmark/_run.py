@@ -1,0 +1,385 @@
+"""Run several methods on one paired dataset and score them the same way."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ._methods import DISPLAY_NAMES, METHODS, PEERS, RNA, BenchmarkTask, MethodOutput
+
+logger = logging.getLogger("mosaicvi")
+
+MIN_HOLDOUT_BATCH_CELLS = 20
+LIBRARY_TARGET = 1e4
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything a benchmark run measured.
+
+    Attributes
+    ----------
+    scores
+        One row per method: integration metrics (``nmi``, ``ari``, ``silhouette_label``,
+        ``silhouette_batch``, ``ilisi``, ``graph_connectivity``, ``bio``, ``batch``,
+        ``total``), imputation (``impute_pearson``, ``impute_spearman``: means over features),
+        ``train_seconds`` and ``epochs``. Metrics a method or the data cannot give are NaN.
+    latents
+        Latent representation of every cell, per method.
+    feature_correlations
+        Per-feature Pearson correlation of imputed vs measured values, per method.
+    imputed
+        Imputed values of the held-out cells (library-normalised), per method.
+    observed
+        Measured values of the held-out cells (library-normalised), the imputation truth.
+    obs
+        Cell annotations used (batch, labels, ``held_out``, ``scored``).
+    notes
+        Per-method remarks (what was not computable and why, failures).
+    protocol
+        Plain-language description of the protocol (data, hold-out, epochs, fairness rules).
+    """
+
+    scores: pd.DataFrame
+    latents: dict[str, np.ndarray]
+    feature_correlations: dict[str, pd.Series]
+    imputed: dict[str, pd.DataFrame]
+    observed: pd.DataFrame | None
+    obs: pd.DataFrame
+    notes: dict[str, list[str]]
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+def default_epochs(n_cells: int) -> int:
+    """Epochs for every neural method: about 40,000 cell visits, between 20 and 200 epochs."""
+    return int(np.clip(round(40_000 / max(n_cells, 1)), 20, 200))
+
+
+def resolve_methods(names: Sequence[str] | str | None, second: str) -> list[str]:
+    """Validate method names; ``None`` means mosaicvi's three models, the peer and RNA PCA."""
+    if names is None:
+        names = ["multivae", "clue", "jae", PEERS[second]]
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    resolved = []
+    for name in names:
+        key = name.strip().lower()
+        if key == "peer":
+            key = PEERS[second]
+        if key not in METHODS:
+            raise ValueError(
+                f"unknown method {name!r}; choose from {', '.join(METHODS)} (or 'peer')"
+            )
+        if key == "totalvi" and second != "adt":
+            raise ValueError(f"TOTALVI needs RNA + protein (adt); this data has RNA + {second}")
+        if key == "multivi" and second != "atac":
+            raise ValueError(f"MULTIVI needs RNA + ATAC; this data has RNA + {second}")
+        if key not in resolved:
+            resolved.append(key)
+    if "pca" not in resolved:
+        resolved.append("pca")  # the unintegrated reference line, always shown
+    return resolved
+
+
+def _counts(adata: Any, layer: str | None) -> sp.csr_matrix:
+    x = adata.X if layer is None else adata.layers[layer]
+    return sp.csr_matrix(x, dtype=np.float32)
+
+
+def prepare_task(
+    mdata: Any,
+    *,
+    second: str | None = None,
+    batch_key: str | None = "batch",
+    labels_key: str | None = "cell_type",
+    layer: str | None = None,
+    holdout_batch: str | None = None,
+    holdout_fraction: float = 0.2,
+    label_fraction: float = 0.5,
+    epochs: int | None = None,
+    max_cells: int | None = None,
+    seed: int = 0,
+) -> tuple[BenchmarkTask, dict[str, Any]]:
+    """Build the benchmark task from a user's MuData (which is only read).
+
+    The cells measured in both RNA and ``second`` are used. Their ``second`` modality is
+    hidden in one batch (``holdout_batch``; by default the smallest batch with at least 20
+    cells when there are two or more batches) or, with a single batch, in a random
+    ``holdout_fraction`` of the cells.
+
+    Parameters
+    ----------
+    mdata
+        MuData with an ``rna`` modality and ``adt`` or ``atac``; raw counts.
+    second
+        The modality paired with RNA (detected when there is one candidate).
+    batch_key, labels_key
+        Columns of ``mdata.obs`` (``None``: no batches / no labels).
+    layer
+        Layer with the raw counts: ``None`` uses ``"counts"`` where a modality has it and
+        ``.X`` otherwise; ``"X"`` forces ``.X``.
+    holdout_batch, holdout_fraction
+        Which cells lose their second modality (see above).
+    label_fraction
+        Fraction of cells whose labels a semi-supervised method (JAE) may train on; the
+        bio-conservation metrics are computed on the others.
+    epochs
+        Epochs for every neural method (default :func:`default_epochs`).
+    max_cells
+        Subsample to at most this many paired cells.
+    seed
+        Seed of the hold-out, label split and subsample.
+
+    Returns
+    -------
+    The task and a protocol dict describing the choices made.
+    """
+    import anndata as ad
+    import mudata as md
+
+    rng = np.random.default_rng(seed)
+    if RNA not in mdata.mod:
+        raise ValueError(
+            f"the benchmark needs an 'rna' modality; this MuData has {', '.join(mdata.mod)}. "
+            "Rename the RNA modality to 'rna'."
+        )
+    others = [m for m in mdata.mod if m != RNA and m in PEERS]
+    if second is None:
+        if len(others) != 1:
+            raise ValueError(
+                f"cannot tell which modality to pair with RNA among {', '.join(mdata.mod)}; "
+                "pass second='adt' or second='atac' (--second on the command line)"
+            )
+        second = others[0]
+    if second not in mdata.mod:
+        raise ValueError(f"modality {second!r} not found; this MuData has {', '.join(mdata.mod)}")
+    if second not in PEERS:
+        raise ValueError(f"the second modality must be 'adt' or 'atac', got {second!r}")
+    for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
+        if key is not None and key not in mdata.obs.columns:
+            raise ValueError(
+                f"{what} {key!r} is not a column of mdata.obs (columns: "
+                f"{', '.join(map(str, mdata.obs.columns)) or 'none'}); labels and batches must "
+                "live in mdata.obs, not in a modality's obs"
+            )
+
+    paired = mdata.mod[RNA].obs_names.intersection(mdata.mod[second].obs_names, sort=False)
+    paired = mdata.obs_names[mdata.obs_names.isin(paired)]
+    n_unpaired = mdata.n_obs - len(paired)
+    if len(paired) < 50:
+        raise ValueError(
+            f"only {len(paired)} cells have both {RNA} and {second}; the benchmark needs at "
+            "least 50 paired cells (it hides one modality in some of them and imputes it)"
+        )
+    if max_cells is not None and len(paired) > max_cells:
+        paired = paired[np.sort(rng.choice(len(paired), size=max_cells, replace=False))]
+
+    mods = {}
+    for name in (RNA, second):
+        adata = mdata.mod[name]
+        if layer is None:
+            use_layer = "counts" if "counts" in adata.layers else None
+        elif layer == "X":
+            use_layer = None
+        elif layer in adata.layers:
+            use_layer = layer
+        else:
+            raise ValueError(
+                f"modality {name!r} has no layer {layer!r} (its layers: "
+                f"{', '.join(adata.layers) or 'none'}); use layer='X' for .X"
+            )
+        x = _counts(adata[paired], use_layer)
+        mods[name] = ad.AnnData(X=x, obs=pd.DataFrame(index=paired), var=adata.var[[]].copy())
+    obs = pd.DataFrame(index=paired)
+    obs["batch"] = (
+        mdata.obs.loc[paired, batch_key].astype(str).to_numpy() if batch_key else "all cells"
+    )
+    if labels_key is not None:
+        labels = mdata.obs.loc[paired, labels_key]
+        obs["cell_type"] = labels.astype(object).where(labels.notna(), np.nan).to_numpy()
+    data = md.MuData(mods)
+    data.obs = obs.copy()
+
+    batches = obs["batch"]
+    counts = batches.value_counts()
+    if holdout_batch is not None:
+        if holdout_batch not in counts.index:
+            raise ValueError(
+                f"holdout batch {holdout_batch!r} not found; batches: {', '.join(counts.index)}"
+            )
+        hidden = (batches == holdout_batch).to_numpy()
+        how = f"the {second} of batch {holdout_batch!r} ({int(hidden.sum())} cells) is hidden"
+    elif len(counts) >= 2 and (counts >= MIN_HOLDOUT_BATCH_CELLS).sum() >= 2:
+        holdout_batch = str(counts[counts >= MIN_HOLDOUT_BATCH_CELLS].index[-1])
+        hidden = (batches == holdout_batch).to_numpy()
+        how = (
+            f"the {second} of the smallest batch, {holdout_batch!r} ({int(hidden.sum())} cells), "
+            "is hidden"
+        )
+    else:
+        if not 0 < holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        hidden = np.zeros(len(paired), dtype=bool)
+        n_hidden = max(1, round(holdout_fraction * len(paired)))
+        hidden[rng.choice(len(paired), size=n_hidden, replace=False)] = True
+        how = f"the {second} of a random {holdout_fraction:.0%} of the cells is hidden"
+
+    labels_seen = np.zeros(len(paired), dtype=bool)
+    if labels_key is not None:
+        labels_seen[rng.random(len(paired)) < label_fraction] = True
+    if epochs is None:
+        epochs = default_epochs(len(paired))
+    task = BenchmarkTask(
+        mdata=data,
+        second=second,
+        hidden=hidden,
+        batch_key="batch",
+        labels_key="cell_type" if labels_key is not None else None,
+        labels_seen=labels_seen,
+        epochs=int(epochs),
+        seed=seed,
+    )
+    protocol = {
+        "cells": len(paired),
+        "cells_left_out": n_unpaired,
+        "modalities": f"{RNA} ({mods[RNA].n_vars} features) + {second} ({mods[second].n_vars})",
+        "batches": len(counts),
+        "holdout": how,
+        "epochs": int(epochs),
+        "seed": seed,
+        "labels": labels_key,
+        "label_fraction": label_fraction if labels_key is not None else None,
+    }
+    if max_cells is not None:
+        protocol["max_cells"] = max_cells
+    return task, protocol
+
+
+def _normalise(values: Any, index: pd.Index, columns: pd.Index) -> pd.DataFrame:
+    """Rows scaled to sum LIBRARY_TARGET: compares methods whose outputs differ in scale."""
+    x = values.toarray() if sp.issparse(values) else np.asarray(values, dtype=np.float64)
+    x = np.clip(np.asarray(x, dtype=np.float64), 0, None)
+    totals = x.sum(1, keepdims=True)
+    x = np.divide(x, totals, out=np.zeros_like(x), where=totals > 0) * LIBRARY_TARGET
+    return pd.DataFrame(x, index=index, columns=columns)
+
+
+def _score(task: BenchmarkTask, out: MethodOutput, scored: np.ndarray, observed: Any) -> dict:
+    from mosaicvi.metrics import imputation_scores, integration_scores, per_feature_correlation
+
+    row: dict[str, Any] = {"train_seconds": out.train_seconds, "epochs": out.epochs}
+    obs = task.mdata.obs
+    if task.labels_key is not None and obs[task.labels_key].iloc[scored].notna().sum() >= 10:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*only one batch.*")
+            row.update(
+                integration_scores(
+                    out.latent[scored],
+                    labels=obs[task.labels_key].iloc[scored].to_numpy(),
+                    batch=obs[task.batch_key].iloc[scored].to_numpy(),
+                )
+            )
+    correlations = None
+    imputed = None
+    if out.imputed is not None and observed is not None:
+        imputed = _normalise(out.imputed, observed.index, observed.columns)
+        scores = imputation_scores(imputed, observed, log1p=True)
+        row["impute_pearson"] = scores["pearson"]
+        row["impute_spearman"] = scores["spearman"]
+        correlations = per_feature_correlation(imputed, observed, log1p=True)
+    return {"row": row, "correlations": correlations, "imputed": imputed}
+
+
+def run_benchmark(
+    task: BenchmarkTask,
+    methods: Sequence[str],
+    protocol: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> BenchmarkResult:
+    """Train every method on ``task`` and score it.
+
+    Bio-conservation metrics are computed on the cells whose label JAE did not see
+    (``~task.labels_seen``) when JAE is among the methods, on all labelled cells otherwise;
+    imputation on the held-out cells. A method that fails is reported in ``notes`` and its
+    scores are NaN; the others still run.
+
+    Parameters
+    ----------
+    task
+        From :func:`prepare_task`.
+    methods
+        Method keys (see :func:`resolve_methods`).
+    protocol
+        Description of the task (returned by :func:`prepare_task`), kept in the result.
+    progress
+        Optional callable receiving one-line progress messages.
+
+    Returns
+    -------
+    BenchmarkResult
+    """
+    say = progress or (lambda msg: logger.info(msg))
+    protocol = dict(protocol or {})
+    n = task.mdata.n_obs
+    scored = np.ones(n, dtype=bool)
+    if "jae" in methods and task.labels_key is not None:
+        scored = ~task.labels_seen
+        protocol["scored_cells"] = (
+            f"{int(scored.sum())} cells whose label JAE did not see (bio metrics)"
+        )
+    scored_idx = np.flatnonzero(scored)
+    hidden = task.hidden_idx
+    observed = _normalise(
+        task.mdata[task.second].X[hidden],
+        task.mdata.obs_names[hidden],
+        task.mdata[task.second].var_names,
+    )
+
+    rows, latents, correlations, imputed, notes = {}, {}, {}, {}, {}
+    for key in methods:
+        name = DISPLAY_NAMES[key]
+        say(f"{name}: training ({task.epochs} epochs)" if key != "pca" else f"{name}: fitting")
+        start = time.perf_counter()
+        try:
+            out = METHODS[key](task)
+            scored_out = _score(task, out, scored_idx, observed)
+        except Exception as exc:  # one failing method must not lose the others
+            notes[name] = [f"failed: {type(exc).__name__}: {exc}"]
+            logger.debug(traceback.format_exc())
+            rows[name] = {}
+            say(f"{name}: failed ({type(exc).__name__}: {exc})")
+            continue
+        rows[name] = scored_out["row"]
+        latents[name] = out.latent
+        notes[name] = out.notes
+        if scored_out["correlations"] is not None:
+            correlations[name] = scored_out["correlations"]
+            imputed[name] = scored_out["imputed"]
+        say(f"{name}: done in {time.perf_counter() - start:.0f} s")
+
+    scores = pd.DataFrame.from_dict(rows, orient="index")
+    scores.index.name = "method"
+    if "epochs" in scores:
+        scores["epochs"] = scores["epochs"].astype("Int64")
+    obs = task.mdata.obs.copy()
+    obs["held_out"] = task.hidden
+    obs["scored"] = scored
+    return BenchmarkResult(
+        scores=scores,
+        latents=latents,
+        feature_correlations=correlations,
+        imputed=imputed,
+        observed=observed,
+        obs=obs,
+        notes=notes,
+        protocol=protocol,
+    )
