@@ -20,15 +20,22 @@ TARGET_SUM = 1e4
 
 
 def _log_normalise_numpy(counts) -> sp.csr_matrix | np.ndarray:
-    """log1p of counts scaled to ``TARGET_SUM`` per cell (sparse stays sparse)."""
+    """log1p of counts scaled to ``TARGET_SUM`` per cell (sparse stays sparse).
+
+    One float32 copy of the input, transformed in place: fitting the SVD on a large reference
+    must not hold several float64 copies of it.
+    """
     if sp.issparse(counts):
-        counts = sp.csr_matrix(counts, dtype=np.float64)
-        totals = np.asarray(counts.sum(1)).ravel()
-        scaled = sp.diags(TARGET_SUM / np.maximum(totals, 1.0)) @ counts
-        return scaled.log1p().tocsr()
-    counts = np.asarray(counts, dtype=np.float64)
-    totals = counts.sum(1, keepdims=True)
-    return np.log1p(counts * TARGET_SUM / np.maximum(totals, 1.0))
+        logged = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+        totals = np.asarray(logged.sum(1), dtype=np.float64).ravel()
+        row_scale = (TARGET_SUM / np.maximum(totals, 1.0)).astype(np.float32)
+        logged.data *= np.repeat(row_scale, np.diff(logged.indptr))
+        np.log1p(logged.data, out=logged.data)
+        return logged
+    logged = np.array(counts, dtype=np.float32, copy=True)
+    totals = logged.sum(1, keepdims=True, dtype=np.float64)
+    logged *= (TARGET_SUM / np.maximum(totals, 1.0)).astype(np.float32)
+    return np.log1p(logged, out=logged)
 
 
 def _clr_numpy(counts) -> np.ndarray:
@@ -69,12 +76,14 @@ class ModalityTransform(nn.Module):
         self.register_buffer("center", torch.zeros(self.n_out))
         self.register_buffer("scale", torch.ones(()))
 
-    def _features_numpy(self, counts) -> np.ndarray:
+    def _features_numpy(self, counts, logged=None) -> np.ndarray:
         if self.kind == "clr":
             return _clr_numpy(counts)
-        logged = _log_normalise_numpy(counts)
+        if logged is None:
+            logged = _log_normalise_numpy(counts)
         if self.kind == "svd":
-            return np.asarray(logged @ self.components.double().cpu().numpy())
+            components = self.components.cpu().numpy().astype(np.float32)
+            return np.asarray(logged @ components, dtype=np.float64)
         return logged.toarray() if sp.issparse(logged) else logged
 
     def fit(self, counts, random_state: int = 0) -> ModalityTransform:
@@ -85,6 +94,7 @@ class ModalityTransform(nn.Module):
                 f"Fitting the input transform needs at least 2 cells with this modality, got "
                 f"{n_cells}."
             )
+        logged = None
         if self.kind == "svd":
             from sklearn.decomposition import TruncatedSVD
 
@@ -92,11 +102,12 @@ class ModalityTransform(nn.Module):
             svd = TruncatedSVD(
                 n_components=n_fit, algorithm="randomized", random_state=random_state
             )
-            svd.fit(_log_normalise_numpy(counts))
+            logged = _log_normalise_numpy(counts)
+            svd.fit(logged)
             components = np.zeros((self.n_vars, self.n_out))
             components[:, :n_fit] = svd.components_.T  # unused trailing dimensions stay zero
             self.components.copy_(torch.as_tensor(components))
-        features = self._features_numpy(counts)
+        features = self._features_numpy(counts, logged)
         center = features.mean(0)
         scale = float(np.sqrt(((features - center) ** 2).mean()))
         self.center.copy_(torch.as_tensor(center))
