@@ -344,8 +344,14 @@ def run_benchmark(
         task.mdata[task.second].var_names,
     )
 
+    import torch
+
+    # numba code (scanpy's neighbours/UMAP) can raise torch's OpenMP thread count behind our
+    # back, which slows CPU training many-fold on a busy machine: restore it before each method
+    threads = torch.get_num_threads()
     rows, latents, correlations, imputed, notes = {}, {}, {}, {}, {}
     for key in methods:
+        torch.set_num_threads(threads)
         name = DISPLAY_NAMES[key]
         say(f"{name}: training ({task.epochs} epochs)" if key != "pca" else f"{name}: fitting")
         start = time.perf_counter()

@@ -68,6 +68,7 @@ def label_transfer(
     np.add.at(votes, (np.arange(len(query_latent))[:, None], codes[neighbours]), weights)
     best = votes.argmax(1)
     return pd.DataFrame(
-        {"label": classes[best], "uncertainty": 1.0 - votes.max(1)},
+        # clipped: the weights sum to 1 only up to rounding, so 1 - max could be -1e-16
+        {"label": classes[best], "uncertainty": np.clip(1.0 - votes.max(1), 0.0, 1.0)},
         index=query_index if query_index is not None else pd.RangeIndex(len(query_latent)),
     )
