@@ -102,3 +102,16 @@ def test_benchmark_command_refuses_anndata(tmp_path, capsys):
     path.write_bytes(b"")
     assert main(["benchmark", "--data", str(path)]) == 2
     assert "needs a MuData file" in capsys.readouterr().err
+
+
+def test_benchmark_on_rna_atac_scores_open_peaks_with_multivi_as_peer():
+    mdata = mv.data.simulate(n_cells=240, modalities=("rna", "atac"), n_batches=2, seed=0)
+    task, protocol = mv.benchmark.prepare_task(mdata, epochs=2)
+    assert task.second == "atac"
+    methods = mv.benchmark.resolve_methods("multivae,peer", task.second)
+    assert methods == ["multivae", "multivi", "pca"]
+    result = mv.benchmark.run_benchmark(task, methods, protocol=protocol)
+    assert not any(n.startswith("failed") for notes in result.notes.values() for n in notes)
+    # cell types drive accessibility in the simulation: neighbours in RNA space predict it
+    assert 0.6 < result.scores.loc["RNA PCA", "impute_auroc"] <= 1.0
+    assert result.scores["impute_auroc"].notna().all()

@@ -25,7 +25,7 @@ INTEGRATION_COLUMNS = [
     "batch",
     "total",
 ]
-IMPUTATION_COLUMNS = ["impute_pearson", "impute_spearman"]
+IMPUTATION_COLUMNS = ["impute_pearson", "impute_spearman", "impute_auroc"]
 METRIC_LABELS = {
     "nmi": "NMI",
     "ari": "ARI",
@@ -38,6 +38,7 @@ METRIC_LABELS = {
     "total": "total",
     "impute_pearson": "imputation r",
     "impute_spearman": "imputation ρ",
+    "impute_auroc": "open-peak AUROC",
     "train_seconds": "train s",
     "epochs": "epochs",
 }
@@ -263,7 +264,8 @@ def write_report(
     lines += [
         "- integration metrics: scIB definitions via scib-metrics (higher is better; "
         "total = 0.6 bio + 0.4 batch); imputation: per-feature Pearson / Spearman of "
-        "log1p library-normalised values of the held-out cells, averaged over features",
+        "log1p library-normalised values of the held-out cells, averaged over features; for "
+        "ATAC also the AUROC of the imputed values for open (count > 0) vs closed peaks",
         f"- software: {_versions()}",
         "",
     ]
