@@ -516,7 +516,9 @@ class MosaicModelMixin:
             Modality to decode (required when the model has more than one output).
         transform_batch
             Decode as if every cell came from this batch (or the mean over several batches);
-            ``None`` keeps each cell's batch.
+            ``None`` keeps each cell's batch. For cells of a batch that never measured
+            ``modality``, pass batches that did: the decoder was not trained on that modality
+            for their own batch.
         n_samples
             With 1, decode the posterior mean of z (deterministic). With more, decode that many
             posterior samples.
