@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("MOSAICVI_DATA", REPO_ROOT.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("MOSAICVI_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 
@@ -159,7 +159,7 @@ def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Pr
     spec = DATASETS[key]
     path = DATA_DIR / spec.file
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found (set MOSAICVI_DATA to the shared data folder)")
+        raise FileNotFoundError(f"{path} not found (set MOSAICVI_DATA_DIR to the data folder)")
     md.set_options(pull_on_update=False)
     raw = md.read_h5mu(path)
     notes = list(spec.notes)

@@ -485,7 +485,7 @@ def main(argv=None) -> None:
         run_worker(args)
         return
     if not DATA_DIR.is_dir():
-        sys.exit(f"real data folder {DATA_DIR} not found (set MOSAICVI_DATA)")
+        sys.exit(f"real data folder {DATA_DIR} not found (set MOSAICVI_DATA_DIR)")
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

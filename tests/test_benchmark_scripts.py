@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_sample_size_quick_runs_end_to_end(shared_data, tmp_path):
-    env = dict(os.environ, MOSAICVI_DATA=str(shared_data), OMP_NUM_THREADS="1")
+    env = dict(os.environ, MOSAICVI_DATA_DIR=str(shared_data), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "sample_size.py"), "--quick", "--out", str(tmp_path)],
         capture_output=True,
