@@ -61,6 +61,24 @@ def test_loss_is_the_weighted_sum_of_the_logged_terms(trained):
         assert terms[term] != 0.0, term
 
 
+def test_discriminator_terms_equal_selecting_the_observed_latents(trained):
+    # the mask-weighted (sync-free) form equals cross-entropy over the observed latents only
+    import torch.nn.functional as F
+
+    module = trained.module
+    module.eval()
+    batch = _batch(trained)
+    with torch.no_grad():
+        inference = module.inference(**module._get_inference_input(batch))
+        loss, accuracy = module.discriminator_loss(inference)
+        observed = inference["observed"]
+        cells, modality = observed.nonzero(as_tuple=True)
+        logits = module.discriminator(inference["modality_z"][modality, cells])
+    assert observed.sum() < observed.numel()  # the batch holds cells without protein
+    torch.testing.assert_close(loss, F.cross_entropy(logits, modality))
+    torch.testing.assert_close(accuracy, (logits.argmax(-1) == modality).float().mean())
+
+
 @pytest.mark.parametrize("weight", list(TERMS))
 def test_each_term_can_be_switched_off(trained, weight):
     module = trained.module

@@ -75,6 +75,22 @@ def test_feature_dispersion_nb_matches_scvi_tools():
     torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-3)
 
 
+def test_nb_gamma_terms_dense_path_equals_sparse_path():
+    # the dense path (accelerators: no nonzero(), no host sync) gives the same values/gradients
+    from mosaicvi.distributions._likelihoods import _add_gamma_terms
+
+    torch.manual_seed(1)
+    x = torch.poisson(torch.rand(30, 40) * 3)
+    theta = (torch.randn(40) * 0.5).exp().requires_grad_(True)
+    dense = torch.zeros(30, 40)
+    sparse_out = _add_gamma_terms(dense, x, theta.expand_as(x), sparse=True)
+    dense_out = _add_gamma_terms(dense, x, theta.expand_as(x), sparse=False)
+    torch.testing.assert_close(dense_out, sparse_out, rtol=1e-5, atol=1e-5)
+    (g_sparse,) = torch.autograd.grad(sparse_out.sum(), theta)
+    (g_dense,) = torch.autograd.grad(dense_out.sum(), theta)
+    torch.testing.assert_close(g_dense, g_sparse, rtol=1e-4, atol=1e-4)
+
+
 def test_count_poisson_and_log_factorial_match_torch():
     from torch.distributions import Poisson
 

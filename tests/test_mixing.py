@@ -72,3 +72,24 @@ def test_groupwise_mmd_sums_pairs_and_skips_tiny_groups():
     torch.testing.assert_close(total, pairs)
     lonely = torch.tensor([0] * 89 + [1])
     assert groupwise_mmd(z, lonely) == 0
+
+
+def test_groupwise_mmd_with_declared_groups_and_weights_matches_pairwise_loop():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(70, 3, generator=g)
+    groups = torch.tensor([0] * 20 + [2] * 30 + [3] * 19 + [1])  # group 1 has one point
+    z[groups == 3] += 2.0
+    expected = mmd(z[:20], z[20:50]) + mmd(z[:20], z[50:69]) + mmd(z[20:50], z[50:69])
+    # n_groups declared (no host sync): absent group 4 and one-point group 1 are skipped
+    torch.testing.assert_close(groupwise_mmd(z, groups, n_groups=5), expected)
+    # weight 0 removes points from their group (the marginal MMD's unobserved modalities)
+    weights = torch.ones(70)
+    weights[50:60] = 0
+    expected_w = mmd(z[:20], z[20:50]) + mmd(z[:20], z[60:69]) + mmd(z[20:50], z[60:69])
+    torch.testing.assert_close(
+        groupwise_mmd(z, groups, n_groups=5, weights=weights), expected_w, rtol=1e-4, atol=1e-5
+    )
+    # gradients flow to the points as in the loop
+    z.requires_grad_(True)
+    groupwise_mmd(z, groups, n_groups=5).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0

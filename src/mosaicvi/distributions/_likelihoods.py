@@ -91,7 +91,8 @@ class FeatureDispersionNB(NegativeBinomial):
     ``log NB(x; mu, theta) = theta log(theta / (theta + mu)) + x log(mu / (theta + mu))
     + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``. The gamma-function terms cancel
     where ``x = 0``, so they (and their ``digamma`` gradients, which dominated a CPU training
-    step) are evaluated only at the non-zero counts. When ``theta`` is one dispersion per
+    step) are evaluated only at the non-zero counts on CPU (on an accelerator they are dense,
+    which avoids a host-device synchronisation). When ``theta`` is one dispersion per
     feature broadcast over cells, ``theta log theta`` is computed once per feature.
     """
 
@@ -105,12 +106,26 @@ class FeatureDispersionNB(NegativeBinomial):
             - theta * log_theta_mu
             + value * (torch.log(mu + _EPS) - log_theta_mu)
         )
-        nonzero = (value > 0).nonzero(as_tuple=True)
-        counts, theta_nz = value[nonzero], theta[nonzero]
-        gamma_terms = (
-            torch.lgamma(counts + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(counts + 1.0)
-        )
-        return dense.index_put(nonzero, gamma_terms, accumulate=True)
+        return _add_gamma_terms(dense, value, theta, sparse=value.device.type == "cpu")
+
+
+def _add_gamma_terms(
+    dense: torch.Tensor, value: torch.Tensor, theta: torch.Tensor, sparse: bool
+) -> torch.Tensor:
+    """``dense + lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)``, the last three zero at x = 0.
+
+    ``sparse=True`` evaluates them at the non-zero counts only (fast on CPU); ``False`` densely,
+    which on an accelerator is cheap and avoids the host-device synchronisation of
+    ``nonzero()``.
+    """
+    if not sparse:
+        return dense + (torch.lgamma(value + theta) - torch.lgamma(theta) - torch.lgamma(value + 1))
+    nonzero = (value > 0).nonzero(as_tuple=True)
+    counts, theta_nz = value[nonzero], theta[nonzero]
+    gamma_terms = (
+        torch.lgamma(counts + theta_nz) - torch.lgamma(theta_nz) - torch.lgamma(counts + 1.0)
+    )
+    return dense.index_put(nonzero, gamma_terms, accumulate=True)
 
 
 class NegativeBinomialLikelihood(Likelihood):

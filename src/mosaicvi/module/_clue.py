@@ -405,12 +405,21 @@ class CLUEModule(MosaicModule):
     def _discriminator_terms(
         self, modality_z: torch.Tensor, observed: torch.Tensor, noise_std: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits for every observed (cell, modality) latent, and their labels."""
-        cells, modality = observed.nonzero(as_tuple=True)
-        points = modality_z[modality, cells]
+        """Logits for every (modality, cell) latent, their labels and 0/1 weights (observed).
+
+        All ``K x n`` latents are scored and unobserved ones weighted 0, instead of selecting
+        the observed ones, so a GPU step never waits for the host.
+        """
+        n_modalities, n_cells, _ = modality_z.shape
+        points = modality_z.reshape(n_modalities * n_cells, -1)
         if noise_std > 0:
             points = points + noise_std * torch.randn_like(points)
-        return self.discriminator(points), modality, cells
+        labels = torch.arange(n_modalities, device=points.device).repeat_interleave(n_cells)
+        return self.discriminator(points), labels, observed.T.reshape(-1)
+
+    @staticmethod
+    def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
     def discriminator_loss(
         self, inference_outputs: dict, noise_std: float = 0.0
@@ -424,24 +433,24 @@ class CLUEModule(MosaicModule):
         noise_std
             Standard deviation of Gaussian noise added to the discriminator's input.
         """
-        logits, labels, _ = self._discriminator_terms(
+        logits, labels, weights = self._discriminator_terms(
             inference_outputs["modality_z"].detach(), inference_outputs["observed"], noise_std
         )
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
+        loss = self._weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
+        accuracy = self._weighted_mean((logits.argmax(-1) == labels).to(weights), weights)
         return loss, accuracy.detach()
 
     def _adversarial(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoders' term (cross-entropy to uniform, per cell) and the discriminator's state."""
         observed = outputs["observed"]
-        logits, labels, cells = self._discriminator_terms(outputs["modality_z"], observed)
+        logits, labels, weights = self._discriminator_terms(outputs["modality_z"], observed)
         # cross-entropy to the uniform distribution minus its minimum log K: 0 at chance
         to_uniform = -F.log_softmax(logits, -1).mean(-1) - math.log(self.n_modalities)
-        per_cell = torch.zeros_like(observed[:, 0]).index_add(0, cells, to_uniform)
+        per_cell = (to_uniform * weights).reshape(observed.shape[1], -1).sum(0)
         per_cell = per_cell / observed.sum(1).clamp_min(1.0)
         with torch.no_grad():
-            accuracy = (logits.argmax(-1) == labels).float().mean()
-            d_loss = F.cross_entropy(logits, labels)
+            accuracy = self._weighted_mean((logits.argmax(-1) == labels).to(weights), weights)
+            d_loss = self._weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
         return per_cell, accuracy, d_loss
 
     def loss(

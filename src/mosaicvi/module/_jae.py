@@ -120,8 +120,6 @@ class JAEModule(MosaicModule):
         """Hide one random observed modality of some multi-modal cells (training only)."""
         multimodal = mask.sum(1) > 1
         chosen = multimodal & (torch.rand_like(mask[:, 0]) < self.modality_dropout)
-        if not chosen.any():
-            return mask
         dropped = torch.multinomial(mask + 1e-12 * (mask == 0), 1).ravel()
         hide = F.one_hot(dropped, mask.shape[1]).to(mask) * chosen.unsqueeze(1).to(mask)
         return mask * (1 - hide)

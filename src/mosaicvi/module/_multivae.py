@@ -206,7 +206,10 @@ class MultiVAEModule(MosaicModule):
             only_k[:, k] = observed[:, k]
             samples.append(single(only_k).rsample())
         multimodal = (observed.sum(1) > 1).to(observed)
-        if self.unimodal_weight == 0 or not multimodal.any():
+        # skipping minibatches without paired cells saves a decoding pass on CPU; on a GPU the
+        # check would make the step wait for the host, and the masked terms are zero anyway
+        skip = multimodal.device.type == "cpu" and not multimodal.any()
+        if self.unimodal_weight == 0 or skip:
             return torch.zeros_like(multimodal), samples
 
         drawn = torch.multinomial(observed, 1).ravel()
@@ -221,17 +224,14 @@ class MultiVAEModule(MosaicModule):
         self, tensors: dict, inference_outputs: dict, unimodal_z: list[torch.Tensor]
     ) -> torch.Tensor:
         if self.integration_loss == "latent":
-            return groupwise_mmd(inference_outputs["z"], tensors[REGISTRY_KEYS.BATCH_KEY].ravel())
+            batch = tensors[REGISTRY_KEYS.BATCH_KEY].ravel()
+            return groupwise_mmd(inference_outputs["z"], batch, n_groups=self.n_batch)
         # marginal: pool single-modality latents, grouped by the modality they came from
-        observed = inference_outputs["observed"].bool()
-        points = torch.cat([z[observed[:, k]] for k, z in enumerate(unimodal_z)])
-        groups = torch.cat(
-            [
-                torch.full((int(observed[:, k].sum()),), k, device=points.device)
-                for k in range(len(unimodal_z))
-            ]
-        )
-        return groupwise_mmd(points, groups)
+        observed = inference_outputs["observed"]
+        n_cells, n_modalities = observed.shape
+        points = torch.cat(unimodal_z)
+        groups = torch.arange(n_modalities, device=points.device).repeat_interleave(n_cells)
+        return groupwise_mmd(points, groups, n_groups=n_modalities, weights=observed.T.reshape(-1))
 
     def loss(
         self,
