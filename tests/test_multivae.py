@@ -130,6 +130,27 @@ def test_imputation_output_shapes_and_library(trained, mosaic):
         trained.get_normalized_expression()
 
 
+def test_batch_that_never_measured_a_modality_is_decoded_with_the_measured_batches(trained, mosaic):
+    # batch_2 has no protein: its cells' protein comes from the decoders of batch_0/batch_1
+    batch = mosaic.obs["batch"].astype(str).to_numpy()
+    in_2, in_0 = np.flatnonzero(batch == "batch_2"), np.flatnonzero(batch == "batch_0")
+    default = trained.get_normalized_expression(modality="adt")
+    measured = trained.get_normalized_expression(
+        modality="adt", transform_batch=["batch_0", "batch_1"]
+    )
+    np.testing.assert_allclose(default.iloc[in_2], measured.iloc[in_2], rtol=1e-5, atol=1e-7)
+    # cells of measured batches keep their own batch's decoder
+    own = trained.get_normalized_expression(modality="adt", transform_batch="batch_0")
+    np.testing.assert_allclose(default.iloc[in_0], own.iloc[in_0], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(default.iloc[in_2], own.iloc[in_2])
+    # RNA was measured in every batch: nothing is substituted
+    rna_default = trained.get_normalized_expression(modality="rna", indices=in_2)
+    rna_own = trained.get_normalized_expression(
+        modality="rna", indices=in_2, transform_batch="batch_2"
+    )
+    np.testing.assert_allclose(rna_default, rna_own, rtol=1e-5, atol=1e-7)
+
+
 def test_save_load_round_trip_gives_identical_latents(trained, mosaic, tmp_path):
     trained.save(tmp_path / "model", overwrite=True)
     loaded = MultiVAE.load(tmp_path / "model", mosaic)

@@ -515,10 +515,10 @@ class MosaicModelMixin:
         modality
             Modality to decode (required when the model has more than one output).
         transform_batch
-            Decode as if every cell came from this batch (or the mean over several batches);
-            ``None`` keeps each cell's batch. For cells of a batch that never measured
-            ``modality``, pass batches that did: the decoder was not trained on that modality
-            for their own batch.
+            Decode as if every cell came from this batch (or the mean over several batches).
+            ``None`` keeps each cell's batch, except for cells of a batch in which no training
+            cell measured ``modality``: the decoder has no trained parameters for that batch
+            there, so those cells are decoded with the mean over the batches that measured it.
         n_samples
             With 1, decode the posterior mean of z (deterministic). With more, decode that many
             posterior samples.
@@ -557,8 +557,10 @@ class MosaicModelMixin:
         adata = self._validate_anndata(adata)
         observed = self._observed(adata, indices)
         use = self._use_modalities(from_modalities, observed)
+        unmeasured, measured = None, None
         if transform_batch is None:
             batch_codes = [None]
+            unmeasured, measured = self._batches_without(k)
         else:
             batch_codes = _get_batch_code_from_category(
                 self.get_anndata_manager(adata, required=True), _names(transform_batch)
@@ -567,22 +569,31 @@ class MosaicModelMixin:
             raise ValueError("out= writes one value per cell and feature: use return_mean=True.")
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
 
+        def decode(z, batch_index, inputs, codes):
+            """Mean of the decoded values over ``codes`` (None: each cell's own batch)."""
+            per_batch = []
+            for code in codes:
+                decode_batch = batch_index if code is None else torch.full_like(batch_index, code)
+                params = self.module.decoder_parameters(
+                    k, z, decode_batch, inputs["cat_covs"], inputs["cont_covs"]
+                )
+                per_batch.append(likelihood.normalized_mean(params))
+            return torch.stack(per_batch).mean(0)
+
         def samples_per_minibatch():
             for tensors in loader:
                 inputs = self.module._get_inference_input(tensors)
                 outputs = self.module.inference(**inputs, use_modalities=use, n_samples=n_samples)
                 z = outputs["qz_mean"] if n_samples == 1 else outputs["z"]
                 batch_index = inputs["batch_index"]
-                per_batch = []
-                for code in batch_codes:
-                    decode_batch = (
-                        batch_index if code is None else torch.full_like(batch_index, code)
-                    )
-                    params = self.module.decoder_parameters(
-                        k, z, decode_batch, inputs["cat_covs"], inputs["cont_covs"]
-                    )
-                    per_batch.append(likelihood.normalized_mean(params))
-                values = torch.stack(per_batch).mean(0)
+                values = decode(z, batch_index, inputs, batch_codes)
+                if unmeasured is not None:
+                    # cells of batches that never measured the modality: the decoder has no
+                    # trained parameters for their batch there, so average the measured ones
+                    lacking = torch.isin(batch_index.ravel(), unmeasured.to(batch_index.device))
+                    if lacking.any():
+                        substitute = decode(z, batch_index, inputs, measured)
+                        values = torch.where(lacking.unsqueeze(-1), substitute, values)
                 if library_size == "latent":
                     values = values * self._library(z, inputs, outputs["library"], k).exp()
                 elif library_size != 1:
@@ -594,6 +605,21 @@ class MosaicModelMixin:
         obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
         means = (samples.mean(0) for samples in samples_per_minibatch())
         return collect_rows(means, obs_names, self.modality_var_names(modality), out)
+
+    def _batches_without(self, k: int) -> tuple[torch.Tensor | None, list[int]]:
+        """Batch codes of the training data in which no cell has modality ``k``, and those with.
+
+        ``(None, [])`` when every batch measured it or none did (e.g. a query that lacks the
+        modality: its new batch columns start at zero, the reference's are unknown here).
+        """
+        observed = self.adata.obsm[OBSERVED_OBSM_KEY][:, k].astype(bool)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        present = np.unique(codes)
+        measured = np.unique(codes[observed])
+        unmeasured = np.setdiff1d(present, measured)
+        if len(unmeasured) == 0 or len(measured) == 0:
+            return None, []
+        return torch.as_tensor(unmeasured), [int(c) for c in measured]
 
     def _library(self, z: torch.Tensor, inputs: dict, library: torch.Tensor, k: int):
         """Observed log library of modality k, or the one predicted from z where unobserved."""
