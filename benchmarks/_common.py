@@ -238,10 +238,10 @@ class Timer:
 
 
 def epochs_run(model, requested: int) -> int:
-    """Epochs a scvi-tools model actually trained (early stopping may cut ``requested``)."""
-    trainer = getattr(model, "trainer", None)
-    n = getattr(trainer, "current_epoch", None)
-    return int(n) if n else int(requested)
+    """Epochs a model actually trained (early stopping may cut ``requested``)."""
+    from mosaicvi.benchmark import epochs_run_of
+
+    return epochs_run_of(model, requested)
 
 
 def snapshot_source(mode: str, workdir: Path) -> dict:

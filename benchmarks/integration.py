@@ -75,21 +75,13 @@ QUICK_SUBSAMPLE = {"snare_cortex": 1500}
 
 
 # ============================================================================ workers
-def _obs_frame(prep: Prepared, index):
-    return prep.mdata.obs.loc[index, ["batch", "cell_type"]].copy()
-
-
 def _worker_multivae(prep: Prepared, epochs: int) -> tuple[dict, dict]:
-    import mudata as md
-
     import mosaicvi as mv
+    from mosaicvi.benchmark import hide_second_modality
 
     full, second = prep.mdata, prep.second
     keep = ~prep.hidden
-    mosaic = md.MuData({"rna": full["rna"].copy(), second: full[second][keep].copy()})
-    if not mosaic.obs_names.equals(full.obs_names):
-        mosaic = mosaic[full.obs_names].copy()
-    mosaic.obs = _obs_frame(prep, mosaic.obs_names)
+    mosaic = hide_second_modality(prep)
     mv.model.MultiVAE.setup_mudata(
         mosaic, modalities={"rna": "rna", second: second}, batch_key="batch"
     )
@@ -121,34 +113,12 @@ def _worker_multivae(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     return out, meta
 
 
-def _paired_with_zeros(prep: Prepared):
-    """Paired MuData in which the hidden cells' second modality is all zeros."""
-    import anndata as ad
-    import mudata as md
-    import scipy.sparse as sp
-
-    full, second = prep.mdata, prep.second
-    x = full[second].X
-    if sp.issparse(x):
-        x = sp.diags((~prep.hidden).astype(np.float32)) @ x
-        x = sp.csr_matrix(x)
-        x.eliminate_zeros()
-    else:
-        x = x.copy()
-        x[prep.hidden] = 0.0
-    mods = {
-        "rna": full["rna"].copy(),
-        second: ad.AnnData(X=x, obs=full[second].obs.copy(), var=full[second].var.copy()),
-    }
-    mdata = md.MuData(mods)  # rna first: MULTIVI must not reorder modalities (trap 4)
-    mdata.obs = _obs_frame(prep, mdata.obs_names)
-    return mdata
-
-
 def _worker_totalvi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     import scvi
 
-    mdata = _paired_with_zeros(prep)
+    from mosaicvi.benchmark import zero_second_modality
+
+    mdata = zero_second_modality(prep)
     scvi.model.TOTALVI.setup_mudata(
         mdata, modalities={"rna_layer": "rna", "protein_layer": "adt"}, batch_key="batch"
     )
@@ -183,7 +153,9 @@ def _worker_totalvi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
 def _worker_multivi(prep: Prepared, epochs: int) -> tuple[dict, dict]:
     import scvi
 
-    mdata = _paired_with_zeros(prep)
+    from mosaicvi.benchmark import zero_second_modality
+
+    mdata = zero_second_modality(prep)
     scvi.model.MULTIVI.setup_mudata(
         mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
     )

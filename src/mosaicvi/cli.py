@@ -738,6 +738,8 @@ def _plot_umap(
     import pandas as pd
     import scanpy as sc
 
+    from mosaicvi.benchmark import umap_coordinates
+
     adata = ad.AnnData(X=np.asarray(z, dtype=np.float32))
     colors = []
     if labels is not None:
@@ -746,9 +748,7 @@ def _plot_umap(
     if batches is not None:
         adata.obs[batch_key] = pd.Categorical(batches)
         colors.append(batch_key)
-    n_neighbors = int(min(15, max(2, adata.n_obs - 1)))
-    sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
-    sc.tl.umap(adata, random_state=seed)
+    adata.obsm["X_umap"] = umap_coordinates(z, seed)
 
     ncols = max(1, len(colors))
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 5), squeeze=False)

@@ -5,8 +5,15 @@ scores every method the same way, :func:`write_report` writes a markdown report 
 ``mosaicvi benchmark --data FILE.h5mu --out DIR`` does all three.
 """
 
-from ._methods import METHODS, BenchmarkTask, MethodOutput, epochs_run_of
-from ._report import write_report
+from ._methods import (
+    METHODS,
+    BenchmarkTask,
+    MethodOutput,
+    epochs_run_of,
+    hide_second_modality,
+    zero_second_modality,
+)
+from ._report import umap_coordinates, write_report
 from ._run import BenchmarkResult, default_epochs, prepare_task, resolve_methods, run_benchmark
 
 __all__ = [
@@ -16,8 +23,11 @@ __all__ = [
     "MethodOutput",
     "default_epochs",
     "epochs_run_of",
+    "hide_second_modality",
+    "zero_second_modality",
     "prepare_task",
     "resolve_methods",
     "run_benchmark",
+    "umap_coordinates",
     "write_report",
 ]

@@ -78,8 +78,12 @@ class MethodOutput:
     notes: list[str] = field(default_factory=list)
 
 
-def _mosaic(task: BenchmarkTask) -> Any:
-    """The task's data with the held-out cells absent from the second modality."""
+def hide_second_modality(task: BenchmarkTask) -> Any:
+    """The task's data as a mosaic: the held-out cells are absent from the second modality.
+
+    ``task`` is anything with ``mdata``, ``second`` and ``hidden`` (the benchmark scripts pass
+    their own prepared datasets).
+    """
     import mudata as md
 
     full = task.mdata
@@ -92,8 +96,11 @@ def _mosaic(task: BenchmarkTask) -> Any:
     return mosaic
 
 
-def _with_zeros(task: BenchmarkTask) -> Any:
-    """The task's data with the held-out cells' second modality set to zero (scvi-tools peers)."""
+def zero_second_modality(task: BenchmarkTask) -> Any:
+    """The task's data with the held-out cells' second modality set to zero (scvi-tools peers).
+
+    ``task`` as for :func:`hide_second_modality`.
+    """
     import anndata as ad
     import mudata as md
 
@@ -129,8 +136,12 @@ def epochs_run_of(model: Any, default: int) -> int:
     return default
 
 
-def _run_mosaicvi(model_cls: Any, task: BenchmarkTask, **setup: Any) -> MethodOutput:
-    mosaic = _mosaic(task)
+def _run_mosaicvi(
+    model_cls: Any, task: BenchmarkTask, extra_obs: dict | None = None, **setup: Any
+) -> MethodOutput:
+    mosaic = hide_second_modality(task)
+    for key, values in (extra_obs or {}).items():  # on the copy: the task's data stays as is
+        mosaic.obs[key] = values
     model_cls.setup_mudata(
         mosaic,
         modalities={RNA: RNA, task.second: task.second},
@@ -167,36 +178,20 @@ def run_jae(task: BenchmarkTask) -> MethodOutput:
     from mosaicvi.model import JAE
 
     setup: dict[str, Any] = {}
-    notes = []
+    extra_obs, notes = {}, []
     if task.labels_key is not None:
         seen_key = "_mosaicvi_benchmark_labels"
-        labels = task.mdata.obs[task.labels_key].astype(object).copy()
+        labels = task.mdata.obs[task.labels_key].astype(object).to_numpy(copy=True)
         labels[~task.labels_seen] = np.nan
-        task = _replace_obs_column(task, seen_key, labels)
+        extra_obs[seen_key] = labels
         setup["labels_key"] = seen_key
         notes.append(f"trained on the labels of {int(task.labels_seen.sum())} cells")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*cell-cycle genes.*")
-        out = _run_mosaicvi(JAE, task, **setup)
+        out = _run_mosaicvi(JAE, task, extra_obs, **setup)
     out.notes.extend(notes)
     out.notes.append("imputation is an approximate back-projection (no count likelihood)")
     return out
-
-
-def _replace_obs_column(task: BenchmarkTask, key: str, values: pd.Series) -> BenchmarkTask:
-    """A task whose MuData (a copy) has one more obs column."""
-    mdata = task.mdata.copy()
-    mdata.obs[key] = values.to_numpy()
-    return BenchmarkTask(
-        mdata=mdata,
-        second=task.second,
-        hidden=task.hidden,
-        batch_key=task.batch_key,
-        labels_key=task.labels_key,
-        labels_seen=task.labels_seen,
-        epochs=task.epochs,
-        seed=task.seed,
-    )
 
 
 def _hidden_aligned_with_batches(task: BenchmarkTask) -> bool:
@@ -212,7 +207,7 @@ def run_totalvi(task: BenchmarkTask) -> MethodOutput:
 
     if task.second != "adt":
         raise ValueError("TOTALVI models RNA + protein (adt); this data has RNA + " + task.second)
-    mdata = _with_zeros(task)
+    mdata = zero_second_modality(task)
     scvi.model.TOTALVI.setup_mudata(
         mdata,
         modalities={"rna_layer": RNA, "protein_layer": task.second},
@@ -247,7 +242,7 @@ def run_multivi(task: BenchmarkTask) -> MethodOutput:
 
     if task.second != "atac":
         raise ValueError("MULTIVI models RNA + ATAC; this data has RNA + " + task.second)
-    mdata = _with_zeros(task)
+    mdata = zero_second_modality(task)
     scvi.model.MULTIVI.setup_mudata(
         mdata,
         modalities={"rna_layer": RNA, "atac_layer": task.second},

@@ -45,14 +45,14 @@ METRIC_LABELS = {
 MAX_SCATTER_POINTS = 20_000
 
 
-def _umap(latent: np.ndarray, seed: int) -> np.ndarray:
+def umap_coordinates(latent: Any, seed: int = 0) -> np.ndarray:
+    """2-D UMAP of an embedding (scanpy, 15 nearest neighbours or fewer for tiny data)."""
     import anndata as ad
     import scanpy as sc
 
     adata = ad.AnnData(np.asarray(latent, dtype=np.float32))
-    sc.pp.neighbors(
-        adata, use_rep="X", n_neighbors=int(min(15, adata.n_obs - 1)), random_state=seed
-    )
+    n_neighbors = int(min(15, max(2, adata.n_obs - 1)))
+    sc.pp.neighbors(adata, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
     sc.tl.umap(adata, random_state=seed)
     return np.asarray(adata.obsm["X_umap"])
 
@@ -82,7 +82,7 @@ def plot_umaps(result: BenchmarkResult, path: Path, seed: int = 0) -> Path:
     )
     legends = {}
     for j, method in enumerate(methods):
-        xy = _umap(result.latents[method], seed)
+        xy = umap_coordinates(result.latents[method], seed)
         for i, key in enumerate(color_by):
             values = result.obs[key]
             if key == "held_out":
