@@ -8,7 +8,7 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
-from ._plans import SyncableMetricsMixin
+from ._plans import EpochMetricsMixin
 
 _OPTIMIZERS = {
     "Adam": torch.optim.Adam,
@@ -17,7 +17,7 @@ _OPTIMIZERS = {
 }
 
 
-class AdversarialTrainingPlan(SyncableMetricsMixin, TrainingPlan):
+class AdversarialTrainingPlan(EpochMetricsMixin, TrainingPlan):
     """Manual optimisation of a module with a built-in discriminator (e.g. CLUE).
 
     Each training step (1) computes the module's loss, which includes the encoders' term that

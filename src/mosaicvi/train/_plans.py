@@ -7,23 +7,83 @@ from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
 
-class SyncableMetricsMixin:
-    """Log scvi-tools' epoch metrics as ordinary (no-grad) tensors instead of inference tensors.
+class EpochMetricsMixin:
+    """Log scvi-tools' metrics as epoch means accumulated on the device.
 
-    scvi-tools computes the logged metrics under ``torch.inference_mode``; with several
-    processes (DDP) Lightning averages them across processes *in place* at the end of an epoch,
-    which inference tensors forbid. The same computation under ``torch.no_grad`` is equivalent
-    and syncs.
+    scvi-tools logs every metric through Lightning at every step, and each such call costs about
+    half a millisecond of Python work (a tenth of a CPU training step for a model with a dozen
+    metrics). Here a step adds its metrics, weighted by its number of cells, to one tensor per
+    mode, and the epoch means are logged once, at the end of the epoch, under the same names
+    and with the same values: ``elbo_*``, ``reconstruction_loss_*``, ``kl_local_*``,
+    ``kl_global_*`` and every extra metric of the module's loss. With several processes (DDP)
+    the sums are added across processes before the means are taken.
     """
 
+    _ELBO_TERMS = ("reconstruction_loss", "kl_local", "kl_global")
+
     def compute_and_log_metrics(self, loss_output, metrics, mode):  # noqa: D102
+        values = {
+            "reconstruction_loss": loss_output.reconstruction_loss_sum,
+            "kl_local": loss_output.kl_local_sum,
+            "kl_global": loss_output.kl_global_sum,
+        }
+        n_obs = loss_output.n_obs_minibatch
+        for key, value in (loss_output.extra_metrics or {}).items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                values[key] = value * n_obs  # extra metrics are per-cell means
+        self.accumulate_epoch_metrics(mode, values, n_obs)
+
+    def accumulate_epoch_metrics(self, mode: str, sums: dict, n_obs: int) -> None:
+        """Add one step's ``{name: sum over its n_obs cells}`` to the running sums of ``mode``."""
         with torch.no_grad():
-            return TrainingPlan.compute_and_log_metrics.__wrapped__(
-                self, loss_output, metrics, mode
+            names = tuple(sums)
+            step = torch.stack(
+                [
+                    torch.as_tensor(v, device=self.device).detach().float().reshape(())
+                    for v in sums.values()
+                ]
+            )
+            step = torch.cat([step, step.new_tensor([n_obs, 1.0])])  # cells, steps
+            store = self.__dict__.setdefault("_epoch_sums", {})
+            if mode in store and store[mode][0] == names:
+                store[mode][1].add_(step)
+            else:
+                if mode in store:  # a step with other metric names: flush what came before
+                    self._log_epoch_metrics(mode)
+                store[mode] = (names, step.clone())
+
+    def _log_epoch_metrics(self, mode: str) -> None:
+        store = self.__dict__.get("_epoch_sums", {})
+        if mode not in store:
+            return
+        names, sums = store.pop(mode)
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        n_obs, n_steps = sums[-2], sums[-1]
+        means = {name: sums[i] / n_obs for i, name in enumerate(names)}
+        if "kl_global" in means:  # a per-minibatch quantity, as in scvi-tools' ElboMetric
+            means["kl_global"] = sums[names.index("kl_global")] / n_steps
+        if all(term in means for term in self._ELBO_TERMS):
+            n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
+            n_total = 1 if n_total is None or n_total < 1 else n_total
+            means["elbo"] = (
+                means["reconstruction_loss"] + means["kl_local"] + means["kl_global"] / n_total
+            )
+        for name, value in means.items():
+            # every process holds the same totals, so the mean over processes changes nothing
+            self.log(
+                f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist
             )
 
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        super().on_train_epoch_end()
+        self._log_epoch_metrics("train")
 
-class MosaicTrainingPlan(SyncableMetricsMixin, TrainingPlan):
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        super().on_validation_epoch_end()
+        self._log_epoch_metrics("validation")
+
+
+class MosaicTrainingPlan(EpochMetricsMixin, TrainingPlan):
     """scvi-tools' plan with extra loss weights, and the module in train mode on every fit.
 
     Parameters
