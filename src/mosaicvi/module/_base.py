@@ -133,11 +133,18 @@ class MosaicModule(BaseModuleClass):
         }
 
     def _reconstruction(
-        self, x: torch.Tensor, px: dict, mask: torch.Tensor
+        self, x: torch.Tensor, px: dict, mask: torch.Tensor, memo: dict | None = None
     ) -> dict[str, torch.Tensor]:
-        """Negative log-likelihood per cell of each modality, zero outside ``mask`` ``(n, K)``."""
+        """Negative log-likelihood per cell of each modality, zero outside ``mask`` ``(n, K)``.
+
+        Pass one ``memo`` dict to the calls that score the same minibatch ``x`` with this
+        module's decoders, so that terms free of the decoded means are computed once.
+        """
+        memo = {} if memo is None else memo
         return {
-            spec.name: -px[spec.name].log_prob(lik.target(x[:, self.slices[k]])).sum(-1)
+            spec.name: -lik.log_likelihood(
+                px[spec.name], x[:, self.slices[k]], memo=memo.setdefault(spec.name, {})
+            )
             * mask[:, k]
             for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods))
         }

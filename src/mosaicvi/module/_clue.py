@@ -484,15 +484,16 @@ class CLUEModule(MosaicModule):
             kl_cross = self._kl(out["cross_mean"], out["cross_var"], cross_mask)
 
         rec_self = rec_cross = zeros
+        memo = {}  # the self and cross decodings score the same data with the same decoders
         if self.self_weight > 0:
+            px_self = generative_outputs["px_self"]
             rec_self = torch.stack(
-                list(self._reconstruction(x, generative_outputs["px_self"], observed).values()),
-                dim=1,
+                list(self._reconstruction(x, px_self, observed, memo).values()), dim=1
             )
         if self.cross_weight > 0:
+            px_cross = generative_outputs["px_cross"]
             rec_cross = torch.stack(
-                list(self._reconstruction(x, generative_outputs["px_cross"], cross_mask).values()),
-                dim=1,
+                list(self._reconstruction(x, px_cross, cross_mask, memo).values()), dim=1
             )
         self_elbo = (rec_self + kl_weight * kl_self).sum(1) if self.self_weight > 0 else zeros[:, 0]
         cross_elbo = (

@@ -184,14 +184,15 @@ class MultiVAEModule(MosaicModule):
 
     # ---------------------------------------------------------------- loss
     def _unimodal_elbos(
-        self, tensors: dict, inference_outputs: dict, kl_weight: float
+        self, tensors: dict, inference_outputs: dict, kl_weight: float, memo: dict
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Subset ELBO of single-modality posteriors for cells with several modalities.
 
         Each step scores one modality per cell, drawn uniformly from the cell's observed ones:
         an unbiased estimate of the mean over its modalities at the cost of one extra decoding
-        pass (instead of one per modality). Also returns a sample of every single-modality
-        posterior, for the marginal MMD.
+        pass (instead of one per modality). ``memo`` is the joint reconstruction's (same data,
+        same decoders). Also returns a sample of every single-modality posterior, for the
+        marginal MMD.
         """
         observed = inference_outputs["observed"]
         means, variances = inference_outputs["expert_means"], inference_outputs["expert_vars"]
@@ -216,7 +217,8 @@ class MultiVAEModule(MosaicModule):
         qz = single(F.one_hot(drawn, len(self.modalities)).to(observed))
         z = qz.rsample()
         px = self.generative(z, inference_outputs["library"], **self._covariates(tensors))["px"]
-        recon = sum(self._reconstruction(tensors[REGISTRY_KEYS.X_KEY], px, observed).values())
+        recon = self._reconstruction(tensors[REGISTRY_KEYS.X_KEY], px, observed, memo)
+        recon = sum(recon.values())
         kl = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
         return multimodal * (recon + kl_weight * kl), samples
 
@@ -244,12 +246,13 @@ class MultiVAEModule(MosaicModule):
         """Joint ELBO + ``unimodal_weight`` x subset ELBO + ``mmd_weight`` x MMD."""
         x = tensors[REGISTRY_KEYS.X_KEY]
         observed = inference_outputs["observed"]
-        reconstruction = self._reconstruction(x, generative_outputs["px"], observed)
+        memo = {}  # terms of the likelihoods that the subset ELBO's decoding shares
+        reconstruction = self._reconstruction(x, generative_outputs["px"], observed, memo)
         qz = Normal(inference_outputs["qz_mean"], inference_outputs["qz_var"].sqrt())
         kl_joint = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
         per_cell = sum(reconstruction.values()) + kl_weight * kl_joint
 
-        unimodal, unimodal_z = self._unimodal_elbos(tensors, inference_outputs, kl_weight)
+        unimodal, unimodal_z = self._unimodal_elbos(tensors, inference_outputs, kl_weight, memo)
         library_loss = self._library_loss(tensors, inference_outputs)
         per_cell = per_cell + self.unimodal_weight * unimodal + library_loss
 

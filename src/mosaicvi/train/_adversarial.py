@@ -8,7 +8,7 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
-from ._plans import EpochMetricsMixin
+from ._plans import EpochMetricsMixin, make_optimizer
 
 _OPTIMIZERS = {
     "Adam": torch.optim.Adam,
@@ -95,7 +95,7 @@ class AdversarialTrainingPlan(EpochMetricsMixin, TrainingPlan):
             return self.optimizer_creator(params)
         cls = _OPTIMIZERS[self.optimizer_name]
         extra = {"eps": self.eps} if cls is not torch.optim.RMSprop else {}
-        return cls(params, lr=lr, weight_decay=self.weight_decay, **extra)
+        return make_optimizer(cls, params, lr=lr, weight_decay=self.weight_decay, **extra)
 
     def _split_parameters(self) -> tuple[list, list]:
         discriminator = {id(p) for p in self.module.discriminator.parameters()}
