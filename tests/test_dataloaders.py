@@ -168,3 +168,23 @@ def test_tensor_bank_shares_the_registered_matrix(mosaic):
     model = mv.model.MultiVAE(mosaic, n_hidden=16)
     bank = TensorBank(model.adata_manager)
     assert np.shares_memory(bank.fields["X"].matrix.data, model.adata.X.data)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_poisson_per_cell_log_likelihood_matches_torch(sparse):
+    from torch.distributions import Poisson
+
+    from mosaicvi.distributions._likelihoods import CountPoisson
+
+    torch.manual_seed(3)
+    log_rate = (torch.randn(30, 80) - 2.0).requires_grad_(True)
+    x = torch.poisson(log_rate.detach().exp() * 3)
+    x[4] = 0
+    memo = {}
+    for shift in (0.0, 0.5):  # the second decoding reuses the memo
+        expected = Poisson((log_rate + shift).exp()).log_prob(x).sum(-1)
+        got = CountPoisson((log_rate + shift).exp()).log_prob_per_cell(x, sparse=sparse, memo=memo)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+        (g_expected,) = torch.autograd.grad(expected.sum(), log_rate)
+        (g_got,) = torch.autograd.grad(got.sum(), log_rate)
+        torch.testing.assert_close(g_got, g_expected, rtol=1e-5, atol=1e-5)
