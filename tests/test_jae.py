@@ -220,3 +220,32 @@ def test_save_load_and_frozen_query(bmmc_cite, tmp_path):
         model.get_latent_representation(indices=np.flatnonzero(held_out)),
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("sparse_input", [True, False])
+def test_input_transform_reads_its_cells_and_features_chunk_by_chunk(sparse_input):
+    # fitting on (rows, columns) of the full matrix equals fitting on the copied selection
+    import scipy.sparse as sp
+
+    from mosaicvi.nn import _pipeline
+
+    rng = np.random.default_rng(0)
+    counts = sp.random(120, 30, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 20)
+    counts = counts if sparse_input else counts.toarray()
+    rows, columns = np.sort(rng.choice(120, 70, replace=False)), slice(5, 25)
+    selected = counts[rows][:, columns]
+
+    chunked = _pipeline._log_normalise_selection(counts, rows, columns, chunk_size=8)
+    whole = _pipeline._log_normalise_numpy(selected)
+    assert sp.issparse(chunked) == sparse_input
+    dense = chunked.toarray() if sparse_input else chunked
+    np.testing.assert_array_equal(dense, whole.toarray() if sparse_input else whole)
+
+    for kind in ("svd", "clr", "log1p"):
+        on_selection = _pipeline.ModalityTransform(20, kind, n_components=6).fit(selected)
+        in_place = _pipeline.ModalityTransform(20, kind, n_components=6).fit(
+            counts, rows=rows, columns=columns
+        )
+        for name, buffer in on_selection.named_buffers():
+            torch.testing.assert_close(dict(in_place.named_buffers())[name], buffer, msg=name)

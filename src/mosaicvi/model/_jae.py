@@ -154,7 +154,7 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         """Fit each modality's transform on the training cells that have it."""
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
         for k, (transform, columns) in enumerate(zip(self.module.transforms, self.module.slices)):
-            transform.fit(self.adata.X[observed[:, k], columns])
+            transform.fit(self.adata.X, rows=np.flatnonzero(observed[:, k]), columns=columns)
 
     # ------------------------------------------------------------------ setup
     @classmethod

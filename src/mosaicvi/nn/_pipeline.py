@@ -17,6 +17,8 @@ from torch import nn
 TransformKind = Literal["svd", "clr", "log1p"]
 TRANSFORMS = ("svd", "clr", "log1p")
 TARGET_SUM = 1e4
+#: rows read at a time when fitting on a large reference
+CHUNK_ROWS = 10_000
 
 
 def _log_normalise_numpy(counts) -> sp.csr_matrix | np.ndarray:
@@ -41,6 +43,52 @@ def _log_normalise_numpy(counts) -> sp.csr_matrix | np.ndarray:
 def _clr_numpy(counts) -> np.ndarray:
     logged = np.log1p(counts.toarray() if sp.issparse(counts) else np.asarray(counts, np.float64))
     return logged - logged.mean(1, keepdims=True)
+
+
+def _row_chunks(rows: np.ndarray, chunk_size: int):
+    for start in range(0, len(rows), chunk_size):
+        yield rows[start : start + chunk_size]
+
+
+def _select(matrix, rows: np.ndarray, columns: slice):
+    """``matrix[rows][:, columns]`` for a chunk of rows (CSR stays CSR)."""
+    block = matrix[rows]
+    return block[:, columns] if sp.issparse(block) else np.asarray(block)[:, columns]
+
+
+def _log_normalise_selection(
+    matrix, rows: np.ndarray, columns: slice, chunk_size: int = CHUNK_ROWS
+) -> sp.csr_matrix | np.ndarray:
+    """``_log_normalise_numpy(matrix[rows][:, columns])`` built chunk by chunk of rows.
+
+    The result is the only full-size array: for a sparse input its CSR arrays are sized exactly
+    (a first pass counts the non-zeros per row), so fitting the SVD on a large reference holds
+    one float32 copy of that modality's selected counts and no other.
+    """
+    n_columns = len(range(*columns.indices(matrix.shape[1])))
+    if not sp.issparse(matrix):
+        out = np.empty((len(rows), n_columns), dtype=np.float32)
+        start = 0
+        for chunk in _row_chunks(rows, chunk_size):
+            out[start : start + len(chunk)] = _log_normalise_numpy(_select(matrix, chunk, columns))
+            start += len(chunk)
+        return out
+    row_nnz = np.concatenate(
+        [np.diff(_select(matrix, chunk, columns).indptr) for chunk in _row_chunks(rows, chunk_size)]
+        or [np.zeros(0, dtype=np.int64)]
+    )
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(row_nnz, out=indptr[1:])
+    data = np.empty(indptr[-1], dtype=np.float32)
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    start = 0
+    for chunk in _row_chunks(rows, chunk_size):
+        block = _log_normalise_numpy(_select(matrix, chunk, columns))
+        block.sort_indices()
+        data[indptr[start] : indptr[start + len(chunk)]] = block.data
+        indices[indptr[start] : indptr[start + len(chunk)]] = block.indices
+        start += len(chunk)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_columns))
 
 
 class ModalityTransform(nn.Module):
@@ -76,38 +124,62 @@ class ModalityTransform(nn.Module):
         self.register_buffer("center", torch.zeros(self.n_out))
         self.register_buffer("scale", torch.ones(()))
 
-    def _features_numpy(self, counts, logged=None) -> np.ndarray:
-        if self.kind == "clr":
-            return _clr_numpy(counts)
-        if logged is None:
-            logged = _log_normalise_numpy(counts)
+    def _features_numpy(self, logged) -> np.ndarray:
         if self.kind == "svd":
             components = self.components.cpu().numpy().astype(np.float32)
             return np.asarray(logged @ components, dtype=np.float64)
         return logged.toarray() if sp.issparse(logged) else logged
 
-    def fit(self, counts, random_state: int = 0) -> ModalityTransform:
-        """Fit on the reference cells that have this modality (``cells x n_vars`` counts)."""
-        n_cells = counts.shape[0]
+    def fit(
+        self,
+        counts,
+        random_state: int = 0,
+        rows: np.ndarray | None = None,
+        columns: slice | None = None,
+    ) -> ModalityTransform:
+        """Fit on the reference cells that have this modality.
+
+        Parameters
+        ----------
+        counts
+            Cells x features counts (dense or sparse).
+        random_state
+            Seed of the randomized SVD.
+        rows, columns
+            The reference cells (integer positions) and this modality's features in
+            ``counts`` (default: all). They are read chunk by chunk, so no copy of the
+            selection is made besides the log-normalised one that the SVD needs.
+        """
+        rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
+        columns = slice(None) if columns is None else columns
+        n_cells = len(rows)
         if n_cells < 2:
             raise ValueError(
                 f"Fitting the input transform needs at least 2 cells with this modality, got "
                 f"{n_cells}."
             )
-        logged = None
-        if self.kind == "svd":
-            from sklearn.decomposition import TruncatedSVD
-
-            n_fit = min(self.n_out, n_cells - 1)
-            svd = TruncatedSVD(
-                n_components=n_fit, algorithm="randomized", random_state=random_state
+        if self.kind == "clr":
+            features = np.concatenate(
+                [
+                    _clr_numpy(_select(counts, chunk, columns))
+                    for chunk in _row_chunks(rows, CHUNK_ROWS)
+                ]
             )
-            logged = _log_normalise_numpy(counts)
-            svd.fit(logged)
-            components = np.zeros((self.n_vars, self.n_out))
-            components[:, :n_fit] = svd.components_.T  # unused trailing dimensions stay zero
-            self.components.copy_(torch.as_tensor(components))
-        features = self._features_numpy(counts, logged)
+        else:
+            logged = _log_normalise_selection(counts, rows, columns)
+            if self.kind == "svd":
+                from sklearn.decomposition import TruncatedSVD
+
+                n_fit = min(self.n_out, n_cells - 1)
+                svd = TruncatedSVD(
+                    n_components=n_fit, algorithm="randomized", random_state=random_state
+                )
+                svd.fit(logged)
+                components = np.zeros((self.n_vars, self.n_out))
+                components[:, :n_fit] = svd.components_.T  # unused trailing dimensions stay 0
+                self.components.copy_(torch.as_tensor(components))
+            features = self._features_numpy(logged)
+            del logged
         center = features.mean(0)
         scale = float(np.sqrt(((features - center) ** 2).mean()))
         self.center.copy_(torch.as_tensor(center))
