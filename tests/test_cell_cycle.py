@@ -89,6 +89,14 @@ def test_score_cell_cycle_synthetic_dense_and_sparse():
     np.testing.assert_allclose(s_sp, s, atol=1e-10)
     np.testing.assert_allclose(g_sp, g, atol=1e-10)
 
+    # cells and genes selected in place (a model's assembled matrix) score as the copied selection
+    padded = sp.hstack([sp.csr_matrix(np.ones((200, 3))), csr], format="csr")
+    rows = np.arange(0, 200, 2)
+    s_sel, g_sel, _ = score_cell_cycle(padded, names, rows=rows, columns=slice(3, 3 + len(names)))
+    s_copy, g_copy, _ = score_cell_cycle(csr[rows], names)
+    np.testing.assert_array_equal(s_sel, s_copy)
+    np.testing.assert_array_equal(g_sel, g_copy)
+
 
 def test_score_cell_cycle_matches_scanpy_and_restores_rng():
     import anndata as ad

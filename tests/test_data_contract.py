@@ -187,3 +187,23 @@ def test_error_anndata_instead_of_mudata(mosaic):
 def test_error_unregistered_mudata(mosaic):
     with pytest.raises(ValueError, match="has not been registered"):
         MultiVAE(mosaic.copy())
+
+
+def test_assembled_matrix_is_stacked_chunk_by_chunk_exactly():
+    from mosaicvi.data._mosaic import _count_in_chunks, _hstack_rows
+
+    blocks = [
+        sp.random(53, n, density=d, format="csr", random_state=i, dtype=np.float32)
+        for i, (n, d) in enumerate([(40, 0.2), (7, 1.0), (30, 0.0)])
+    ]
+    blocks[0][5] = 0  # a cell without counts in the first block
+    blocks[0].eliminate_zeros()
+    stacked = _hstack_rows(blocks, chunk_rows=6)
+    expected = sp.hstack(blocks, format="csr", dtype=np.float32)
+    assert stacked.shape == expected.shape and stacked.dtype == np.float32
+    np.testing.assert_array_equal(stacked.indptr, expected.indptr)
+    np.testing.assert_array_equal(stacked.toarray(), expected.toarray())
+    # validation counts in chunks too, with the same totals
+    values = np.array([0.0, 1.5, -1.0, np.nan, 3.0] * 5)
+    assert _count_in_chunks(values, lambda v: v < 0, chunk_size=3) == 5
+    assert _count_in_chunks(values, lambda v: ~np.isfinite(v), chunk_size=4) == 5

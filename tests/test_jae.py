@@ -227,6 +227,7 @@ def test_input_transform_reads_its_cells_and_features_chunk_by_chunk(sparse_inpu
     # fitting on (rows, columns) of the full matrix equals fitting on the copied selection
     import scipy.sparse as sp
 
+    from mosaicvi.data import _normalise
     from mosaicvi.nn import _pipeline
 
     rng = np.random.default_rng(0)
@@ -236,11 +237,14 @@ def test_input_transform_reads_its_cells_and_features_chunk_by_chunk(sparse_inpu
     rows, columns = np.sort(rng.choice(120, 70, replace=False)), slice(5, 25)
     selected = counts[rows][:, columns]
 
-    chunked = _pipeline._log_normalise_selection(counts, rows, columns, chunk_size=8)
-    whole = _pipeline._log_normalise_numpy(selected)
+    chunked = _normalise.log_normalise(counts, rows, columns, chunk_size=8)
+    whole = _normalise.log_normalise(selected, chunk_size=len(rows))
     assert sp.issparse(chunked) == sparse_input
     dense = chunked.toarray() if sparse_input else chunked
     np.testing.assert_array_equal(dense, whole.toarray() if sparse_input else whole)
+    if sparse_input:  # any sparse format is read row-wise
+        csc = _normalise.log_normalise(sp.csc_matrix(counts), rows, columns, chunk_size=8)
+        np.testing.assert_array_equal(csc.toarray(), dense)
 
     for kind in ("svd", "clr", "log1p"):
         on_selection = _pipeline.ModalityTransform(20, kind, n_components=6).fit(selected)

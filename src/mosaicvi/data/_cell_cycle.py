@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._normalise import log_normalise, row_chunks, select
+
 __all__ = [
     "G2M_GENES_HUMAN",
     "S_GENES_HUMAN",
@@ -48,7 +50,6 @@ G2M_GENES_HUMAN: tuple[str, ...] = (
 # Current HGNC symbols of list members renamed after 2015 (annotations from ~2019 on use them).
 _RENAMED_HUMAN = {"MLF1IP": "CENPU", "FAM64A": "PIMREG", "HN1": "JPT1"}
 
-_TARGET_SUM = 1e4
 # scanpy's defaults; n_bins is lowered for small gene panels (see _n_bins).
 _N_BINS = 25
 _GENES_PER_BIN = 10
@@ -131,28 +132,21 @@ def _match_genes(genes: list[str], present: set[str], organism: str) -> list[str
     return found
 
 
-def _log_normalize(counts: Any) -> np.ndarray | sp.csr_matrix:
-    """Library-size normalisation to 1e4 and log1p, into a new matrix (input untouched)."""
-    if sp.issparse(counts):
-        x = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-        if x.nnz and x.data.min() < 0:
+def _check_counts(counts: Any, rows: np.ndarray | None, columns: slice | None) -> None:
+    """Reject NaN / infinite / negative values in the part of ``counts`` that will be scored."""
+    if rows is None and columns is None:
+        values = counts.data if sp.issparse(counts) else np.asarray(counts)
+        chunks = [values]
+    else:
+        rows = np.arange(counts.shape[0]) if rows is None else rows
+        columns = slice(None) if columns is None else columns
+        chunks = (select(counts, chunk, columns) for chunk in row_chunks(rows))
+        chunks = (c.data if sp.issparse(c) else c for c in chunks)
+    for values in chunks:
+        if values.size and not np.isfinite(values).all():
+            raise ValueError("`counts` contains NaN or infinite values.")
+        if values.size and values.min() < 0:
             raise ValueError("`counts` contains negative values; expected raw counts.")
-        totals = np.asarray(x.sum(axis=1)).ravel()
-        # Empty cells stay all-zero rather than dividing by zero.
-        scale = np.divide(_TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-        x = sp.csr_matrix(sp.diags(scale) @ x)
-        np.log1p(x.data, out=x.data)
-        return x
-    x = np.array(counts, dtype=np.float64, copy=True)
-    if x.ndim != 2:
-        raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {x.shape}.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("`counts` contains NaN or infinite values.")
-    if x.size and x.min() < 0:
-        raise ValueError("`counts` contains negative values; expected raw counts.")
-    totals = x.sum(axis=1, keepdims=True)
-    scale = np.divide(_TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(x * scale)
 
 
 def _n_bins(n_vars: int) -> int:
@@ -167,6 +161,9 @@ def score_cell_cycle(
     var_names: Sequence[str] | pd.Index | np.ndarray,
     organism: Literal["human", "mouse"] | None = None,
     min_genes: int = 10,
+    *,
+    rows: np.ndarray | None = None,
+    columns: slice | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Per-cell S-phase and G2/M scores from raw counts (Seurat / scanpy method).
 
@@ -188,6 +185,10 @@ def score_cell_cycle(
     min_genes
         A :class:`UserWarning` is emitted when fewer than this many genes of either list
         are found.
+    rows, columns
+        Score only these cells (integer positions) and genes (a slice) of ``counts``, read
+        chunk by chunk so that no copy of the selection is made; ``var_names`` then names the
+        selected genes. Default: all.
 
     Returns
     -------
@@ -212,6 +213,10 @@ def score_cell_cycle(
     shape = counts.shape if sp.issparse(counts) else np.shape(counts)
     if len(shape) != 2:
         raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {tuple(shape)}.")
+    if rows is not None or columns is not None:
+        rows = np.arange(shape[0]) if rows is None else np.asarray(rows)
+        columns = slice(None) if columns is None else columns
+        shape = (len(rows), len(range(*columns.indices(shape[1]))))
     if shape[1] != len(names):
         raise ValueError(
             f"`counts` has {shape[1]} genes (columns) but `var_names` has {len(names)} entries."
@@ -255,7 +260,8 @@ def score_cell_cycle(
             stacklevel=2,
         )
 
-    x = _log_normalize(counts)
+    _check_counts(counts, rows, columns)
+    x = log_normalise(counts, rows, columns, dtype=np.float64)
     adata = ad.AnnData(X=x, obs=pd.DataFrame(index=[str(i) for i in range(n_cells)]))
     # Duplicated symbols would make scanpy's gene look-up ambiguous.
     adata.var_names = names

@@ -27,6 +27,7 @@ from ._constants import (
     MODALITY_VAR_COLUMN,
     OBSERVED_OBSM_KEY,
 )
+from ._normalise import CHUNK_ROWS, row_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,16 @@ def _values(matrix) -> np.ndarray:
     return np.asarray(matrix).ravel()
 
 
+def _count_in_chunks(values: np.ndarray, is_bad, chunk_size: int = 1 << 24) -> int:
+    """Number of entries where ``is_bad(chunk)`` holds; temporaries stay chunk-sized."""
+    return sum(
+        int(is_bad(values[start : start + chunk_size]).sum())
+        for start in range(0, values.size, chunk_size)
+    )
+
+
 def _is_integer_valued(values: np.ndarray) -> bool:
-    return bool(np.all(values >= 0) and np.all(np.mod(values, 1) == 0))
+    return _count_in_chunks(values, lambda v: (v < 0) | (np.mod(v, 1) != 0)) == 0
 
 
 def default_likelihood(name: str, matrix) -> str:
@@ -133,7 +142,7 @@ def default_likelihood(name: str, matrix) -> str:
 def validate_matrix(name: str, matrix, likelihood: str) -> None:
     """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods."""
     values = _values(matrix)
-    n_bad = int(np.size(values) - np.isfinite(values).sum())
+    n_bad = _count_in_chunks(values, lambda v: ~np.isfinite(v))
     if n_bad:
         raise ValueError(
             f"Modality {name!r} contains {n_bad} NaN or infinite values. Remove or impute them "
@@ -141,7 +150,7 @@ def validate_matrix(name: str, matrix, likelihood: str) -> None:
         )
     lik = get_likelihood(likelihood)
     if lik.requires_counts or lik.name == "bernoulli":
-        n_negative = int((values < 0).sum())
+        n_negative = _count_in_chunks(values, lambda v: v < 0)
         if n_negative:
             raise ValueError(
                 f"Modality {name!r} has {n_negative} negative values, which the {likelihood!r} "
@@ -149,7 +158,7 @@ def validate_matrix(name: str, matrix, likelihood: str) -> None:
                 "`likelihoods={...: 'normal'}` for transformed data."
             )
     if lik.requires_counts:
-        n_fractional = int((np.mod(values, 1) != 0).sum())
+        n_fractional = _count_in_chunks(values, lambda v: np.mod(v, 1) != 0)
         if n_fractional:
             raise ValueError(
                 f"Modality {name!r} has {n_fractional} non-integer values but the {likelihood!r} "
@@ -189,6 +198,30 @@ def _padded_rows(matrix, positions: np.ndarray, n_cells: int) -> sp.csr_matrix:
         shape=(n_cells, len(positions)),
     )
     return (selector @ matrix).tocsr()
+
+
+def _hstack_rows(blocks: Sequence[sp.csr_matrix], chunk_rows: int = CHUNK_ROWS) -> sp.csr_matrix:
+    """``scipy.sparse.hstack(blocks, format="csr", dtype=float32)`` built chunk by chunk of rows.
+
+    scipy concatenates every block's arrays before writing the result, which doubles the peak
+    memory of a large set-up; here the result's arrays are allocated once and each chunk of
+    rows is stacked into them.
+    """
+    n_rows = blocks[0].shape[0]
+    row_nnz = sum(np.diff(block.indptr).astype(np.int64) for block in blocks)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(row_nnz, out=indptr[1:])
+    if indptr[-1] <= np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    data = np.empty(indptr[-1], dtype=np.float32)
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    for rows in row_chunks(np.arange(n_rows), chunk_rows):
+        start, stop = rows[0], rows[-1] + 1
+        chunk = sp.hstack([block[start:stop] for block in blocks], format="csr")
+        span = slice(indptr[start], indptr[stop])
+        data[span], indices[span] = chunk.data, chunk.indices
+    n_columns = sum(block.shape[1] for block in blocks)
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_columns))
 
 
 def _categorical_column(mdata: MuData, key: str, what: str) -> pd.Categorical:
@@ -321,7 +354,7 @@ def assemble_mosaic(
         obs[key] = column.to_numpy(dtype=np.float32)
 
     assembled = ad.AnnData(
-        X=sp.hstack(blocks, format="csr", dtype=np.float32),
+        X=_hstack_rows(blocks),
         obs=obs,
         var=pd.concat(var_frames),
     )

@@ -326,10 +326,12 @@ class JAE(MosaicModelMixin, UnsupervisedTrainingMixin, BaseModelClass):
         if not has.any():
             return scores
         start = sum(s.n_vars for s in specs[:k])
-        counts = assembled.X[has, start : start + specs[k].n_vars]
-        var_names = mdata.mod[specs[k].mod_key].var_names
         s_score, g2m_score, info = score_cell_cycle(
-            counts, var_names, organism=model_args["organism"]
+            assembled.X,
+            mdata.mod[specs[k].mod_key].var_names,
+            organism=model_args["organism"],
+            rows=np.flatnonzero(has),
+            columns=slice(start, start + specs[k].n_vars),
         )
         if info["scored"]:  # otherwise the slice is left untrained rather than pinned to 0
             scores[has, 0], scores[has, 1], scores[has, 2] = s_score, g2m_score, 1.0

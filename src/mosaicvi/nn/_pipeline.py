@@ -14,81 +14,15 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from mosaicvi.data._normalise import TARGET_SUM, log_normalise, row_chunks, select
+
 TransformKind = Literal["svd", "clr", "log1p"]
 TRANSFORMS = ("svd", "clr", "log1p")
-TARGET_SUM = 1e4
-#: rows read at a time when fitting on a large reference
-CHUNK_ROWS = 10_000
-
-
-def _log_normalise_numpy(counts) -> sp.csr_matrix | np.ndarray:
-    """log1p of counts scaled to ``TARGET_SUM`` per cell (sparse stays sparse).
-
-    One float32 copy of the input, transformed in place: fitting the SVD on a large reference
-    must not hold several float64 copies of it.
-    """
-    if sp.issparse(counts):
-        logged = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-        totals = np.asarray(logged.sum(1), dtype=np.float64).ravel()
-        row_scale = (TARGET_SUM / np.maximum(totals, 1.0)).astype(np.float32)
-        logged.data *= np.repeat(row_scale, np.diff(logged.indptr))
-        np.log1p(logged.data, out=logged.data)
-        return logged
-    logged = np.array(counts, dtype=np.float32, copy=True)
-    totals = logged.sum(1, keepdims=True, dtype=np.float64)
-    logged *= (TARGET_SUM / np.maximum(totals, 1.0)).astype(np.float32)
-    return np.log1p(logged, out=logged)
 
 
 def _clr_numpy(counts) -> np.ndarray:
     logged = np.log1p(counts.toarray() if sp.issparse(counts) else np.asarray(counts, np.float64))
     return logged - logged.mean(1, keepdims=True)
-
-
-def _row_chunks(rows: np.ndarray, chunk_size: int):
-    for start in range(0, len(rows), chunk_size):
-        yield rows[start : start + chunk_size]
-
-
-def _select(matrix, rows: np.ndarray, columns: slice):
-    """``matrix[rows][:, columns]`` for a chunk of rows (CSR stays CSR)."""
-    block = matrix[rows]
-    return block[:, columns] if sp.issparse(block) else np.asarray(block)[:, columns]
-
-
-def _log_normalise_selection(
-    matrix, rows: np.ndarray, columns: slice, chunk_size: int = CHUNK_ROWS
-) -> sp.csr_matrix | np.ndarray:
-    """``_log_normalise_numpy(matrix[rows][:, columns])`` built chunk by chunk of rows.
-
-    The result is the only full-size array: for a sparse input its CSR arrays are sized exactly
-    (a first pass counts the non-zeros per row), so fitting the SVD on a large reference holds
-    one float32 copy of that modality's selected counts and no other.
-    """
-    n_columns = len(range(*columns.indices(matrix.shape[1])))
-    if not sp.issparse(matrix):
-        out = np.empty((len(rows), n_columns), dtype=np.float32)
-        start = 0
-        for chunk in _row_chunks(rows, chunk_size):
-            out[start : start + len(chunk)] = _log_normalise_numpy(_select(matrix, chunk, columns))
-            start += len(chunk)
-        return out
-    row_nnz = np.concatenate(
-        [np.diff(_select(matrix, chunk, columns).indptr) for chunk in _row_chunks(rows, chunk_size)]
-        or [np.zeros(0, dtype=np.int64)]
-    )
-    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(row_nnz, out=indptr[1:])
-    data = np.empty(indptr[-1], dtype=np.float32)
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    start = 0
-    for chunk in _row_chunks(rows, chunk_size):
-        block = _log_normalise_numpy(_select(matrix, chunk, columns))
-        block.sort_indices()
-        data[indptr[start] : indptr[start + len(chunk)]] = block.data
-        indices[indptr[start] : indptr[start + len(chunk)]] = block.indices
-        start += len(chunk)
-    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), n_columns))
 
 
 class ModalityTransform(nn.Module):
@@ -160,13 +94,10 @@ class ModalityTransform(nn.Module):
             )
         if self.kind == "clr":
             features = np.concatenate(
-                [
-                    _clr_numpy(_select(counts, chunk, columns))
-                    for chunk in _row_chunks(rows, CHUNK_ROWS)
-                ]
+                [_clr_numpy(select(counts, chunk, columns)) for chunk in row_chunks(rows)]
             )
         else:
-            logged = _log_normalise_selection(counts, rows, columns)
+            logged = log_normalise(counts, rows, columns)
             if self.kind == "svd":
                 from sklearn.decomposition import TruncatedSVD
 
