@@ -173,9 +173,8 @@ class FeatureDispersionNB(NegativeBinomial):
             return self.log_prob(value).sum(-1)
         base = theta[0]
         log_theta_mu = torch.log(theta + mu + _EPS)
-        mean_terms = -(log_theta_mu @ base) + (value * (torch.log(mu + _EPS) - log_theta_mu)).sum(
-            -1
-        )
+        log_ratio = torch.log(mu + _EPS) - log_theta_mu
+        mean_terms = (value * log_ratio).sum(-1) - log_theta_mu @ base
         if memo is not None and "count_terms" in memo:
             return mean_terms + memo["count_terms"]
         if sparse is None:

@@ -92,6 +92,18 @@ class EpochMetricsMixin:
                 f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist
             )
 
+    def _clear_epoch_metrics(self, mode: str) -> None:
+        # sums left by an interrupted epoch must not leak into the next one
+        self.__dict__.get("_epoch_sums", {}).pop(mode, None)
+
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        super().on_train_epoch_start()
+        self._clear_epoch_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:  # noqa: D102
+        super().on_validation_epoch_start()
+        self._clear_epoch_metrics("validation")
+
     def on_train_epoch_end(self) -> None:  # noqa: D102
         super().on_train_epoch_end()
         self._log_epoch_metrics("train")
