@@ -50,3 +50,29 @@ def test_epoch_metrics_equal_per_step_logging(model_name, setup, mosaic, monkeyp
     for key, values in logged.items():
         assert len(accumulated[key]) == len(values), key
         np.testing.assert_allclose(accumulated[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("model_name", ["MultiVAE", "CLUE"])
+def test_bf16_mixed_precision_keeps_the_loss(model_name):
+    # autocast runs matrix products in bfloat16; the likelihood sums must stay in float32
+    mdata = mv.data.simulate(
+        n_cells=300,
+        n_genes=60,
+        n_proteins=12,
+        n_peaks=80,
+        modalities=("rna", "adt", "atac"),
+        n_batches=2,
+        seed=4,
+    )
+    model_cls = getattr(mv.model, model_name)
+    elbo = {}
+    for precision in ("32-true", "bf16-mixed"):
+        scvi.settings.seed = 0
+        data = mdata.copy()
+        model_cls.setup_mudata(data, batch_key="batch")
+        model = model_cls(data, n_hidden=32)
+        model.train(max_epochs=8, batch_size=64, precision=precision, enable_progress_bar=False)
+        history = model.history["elbo_validation"].to_numpy(dtype=float).ravel()
+        assert np.isfinite(history).all()
+        elbo[precision] = history[-1]
+    assert abs(elbo["bf16-mixed"] - elbo["32-true"]) < 0.01 * abs(elbo["32-true"])

@@ -162,8 +162,8 @@ class FeatureDispersionNB(NegativeBinomial):
         """``log_prob(value).sum(-1)`` for cells x features, computed per cell.
 
         With one dispersion per feature, the terms that depend on ``theta`` alone are evaluated
-        once per feature and summed over cells by matrix products, so ``lgamma(theta)`` and its
-        ``digamma`` gradient cost one evaluation per feature instead of one per non-zero count.
+        once per feature, so ``lgamma(theta)`` and its ``digamma`` gradient cost one evaluation
+        per feature instead of one per non-zero count.
         ``sparse`` (default: on CPU) evaluates ``lgamma(x + theta)`` at the non-zero counts only.
         The terms free of ``mu`` are stored in ``memo`` (if given) and reused from it: pass one
         dict to the calls that score the same ``value`` with the same ``theta``.
@@ -174,7 +174,8 @@ class FeatureDispersionNB(NegativeBinomial):
         base = theta[0]
         log_theta_mu = torch.log(theta + mu + _EPS)
         log_ratio = torch.log(mu + _EPS) - log_theta_mu
-        mean_terms = (value * log_ratio).sum(-1) - log_theta_mu @ base
+        # sums, not matrix products: autocast would run those in bfloat16 under mixed precision
+        mean_terms = (value * log_ratio - log_theta_mu * base).sum(-1)
         if memo is not None and "count_terms" in memo:
             return mean_terms + memo["count_terms"]
         if sparse is None:
@@ -194,7 +195,7 @@ def _nb_count_terms(value: torch.Tensor, theta: torch.Tensor, sparse: bool) -> t
     synchronisation of ``nonzero()``.
     """
     present = (value > 0).to(theta.dtype)
-    per_cell = (theta * torch.log(theta + _EPS)).sum() - present @ torch.lgamma(theta)
+    per_cell = (theta * torch.log(theta + _EPS)).sum() - (present * torch.lgamma(theta)).sum(-1)
     if not sparse:
         gamma = torch.lgamma(value + theta) - torch.lgamma(value + 1.0)
         return per_cell + (gamma * present).sum(-1)
