@@ -132,17 +132,11 @@ def _match_genes(genes: list[str], present: set[str], organism: str) -> list[str
     return found
 
 
-def _check_counts(counts: Any, rows: np.ndarray | None, columns: slice | None) -> None:
+def _check_counts(counts: Any, rows: np.ndarray, columns: slice) -> None:
     """Reject NaN / infinite / negative values in the part of ``counts`` that will be scored."""
-    if rows is None and columns is None:
-        values = counts.data if sp.issparse(counts) else np.asarray(counts)
-        chunks = [values]
-    else:
-        rows = np.arange(counts.shape[0]) if rows is None else rows
-        columns = slice(None) if columns is None else columns
-        chunks = (select(counts, chunk, columns) for chunk in row_chunks(rows))
-        chunks = (c.data if sp.issparse(c) else c for c in chunks)
-    for values in chunks:
+    for chunk in row_chunks(rows):
+        block = select(counts, chunk, columns)
+        values = block.data if sp.issparse(block) else block
         if values.size and not np.isfinite(values).all():
             raise ValueError("`counts` contains NaN or infinite values.")
         if values.size and values.min() < 0:
@@ -210,13 +204,13 @@ def score_cell_cycle(
     import scanpy as sc
 
     names = pd.Index([str(v) for v in var_names])
-    shape = counts.shape if sp.issparse(counts) else np.shape(counts)
-    if len(shape) != 2:
-        raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {tuple(shape)}.")
-    if rows is not None or columns is not None:
-        rows = np.arange(shape[0]) if rows is None else np.asarray(rows)
-        columns = slice(None) if columns is None else columns
-        shape = (len(rows), len(range(*columns.indices(shape[1]))))
+    if not sp.issparse(counts):
+        counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {counts.shape}.")
+    rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
+    columns = slice(None) if columns is None else columns
+    shape = (len(rows), len(range(*columns.indices(counts.shape[1]))))
     if shape[1] != len(names):
         raise ValueError(
             f"`counts` has {shape[1]} genes (columns) but `var_names` has {len(names)} entries."

@@ -79,11 +79,14 @@ class _ScaleHead(nn.Module):
 
 
 def log_factorial(x: torch.Tensor) -> torch.Tensor:
-    """``lgamma(x + 1)`` of counts, evaluated only where ``x > 1`` (it is 0 for 0 and 1).
+    """``lgamma(x + 1)`` of counts, evaluated on CPU only where ``x > 1`` (it is 0 for 0 and 1).
 
     Single-cell counts are mostly 0 or 1, so this skips most ``lgamma`` calls; the term is
-    constant in the parameters and never needs a gradient.
+    constant in the parameters and never needs a gradient. On an accelerator it is evaluated
+    densely: selecting the entries would make the step wait for the host.
     """
+    if x.device.type != "cpu":
+        return torch.lgamma(x + 1.0)
     out = torch.zeros_like(x)
     above_one = x > 1
     out[above_one] = torch.lgamma(x[above_one] + 1.0)

@@ -16,13 +16,12 @@ def make_optimizer(optimizer_cls: type[torch.optim.Optimizer], params, **kwargs)
     multi-tensor (``foreach``) form, or else the default.
     """
     params = list(params)
-    for implementation in ({"fused": True}, {"foreach": True}, {}):
+    for implementation in ({"fused": True}, {"foreach": True}):
         try:
             return optimizer_cls(params, **kwargs, **implementation)
         except (RuntimeError, TypeError, ValueError):
-            if not implementation:
-                raise
-    raise AssertionError("unreachable")
+            continue
+    return optimizer_cls(params, **kwargs)
 
 
 class EpochMetricsMixin:
@@ -53,30 +52,30 @@ class EpochMetricsMixin:
 
     def accumulate_epoch_metrics(self, mode: str, sums: dict, n_obs: int) -> None:
         """Add one step's ``{name: sum over its n_obs cells}`` to the running sums of ``mode``."""
+        names = tuple(sums)
         with torch.no_grad():
-            names = tuple(sums)
             step = torch.stack(
-                [
-                    torch.as_tensor(v, device=self.device).detach().float().reshape(())
-                    for v in sums.values()
-                ]
-            )
-            step = torch.cat([step, step.new_tensor([n_obs, 1.0])])  # cells, steps
-            store = self.__dict__.setdefault("_epoch_sums", {})
-            if mode in store and store[mode][0] == names:
-                store[mode][1].add_(step)
-            else:
-                if mode in store:  # a step with other metric names: flush what came before
-                    self._log_epoch_metrics(mode)
-                store[mode] = (names, step.clone())
+                [torch.as_tensor(v, device=self.device, dtype=torch.float32) for v in sums.values()]
+            ).detach()
+        store = self.__dict__.setdefault("_epoch_sums", {})
+        if mode in store and store[mode][0] != names:  # other metric names: flush the old ones
+            self._log_epoch_metrics(mode)
+        if mode in store:
+            running = store[mode]
+            running[1].add_(step)
+            running[2] += n_obs  # cell and step counts stay on the host: no copy per step
+            running[3] += 1
+        else:
+            store[mode] = [names, step, n_obs, 1]
 
     def _log_epoch_metrics(self, mode: str) -> None:
         store = self.__dict__.get("_epoch_sums", {})
         if mode not in store:
             return
-        names, sums = store.pop(mode)
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        n_obs, n_steps = sums[-2], sums[-1]
+        names, sums, n_obs, n_steps = store.pop(mode)
+        totals = torch.cat([sums, sums.new_tensor([n_obs, n_steps])])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        sums, n_obs, n_steps = totals[:-2], totals[-2], totals[-1]
         means = {name: sums[i] / n_obs for i, name in enumerate(names)}
         if "kl_global" in means:  # a per-minibatch quantity, as in scvi-tools' ElboMetric
             means["kl_global"] = sums[names.index("kl_global")] / n_steps
@@ -92,17 +91,10 @@ class EpochMetricsMixin:
                 f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist
             )
 
-    def _clear_epoch_metrics(self, mode: str) -> None:
-        # sums left by an interrupted epoch must not leak into the next one
-        self.__dict__.get("_epoch_sums", {}).pop(mode, None)
-
     def on_train_epoch_start(self) -> None:  # noqa: D102
         super().on_train_epoch_start()
-        self._clear_epoch_metrics("train")
-
-    def on_validation_epoch_start(self) -> None:  # noqa: D102
-        super().on_validation_epoch_start()
-        self._clear_epoch_metrics("validation")
+        # sums left by an interrupted epoch (training or validation) must not leak into this one
+        self.__dict__.pop("_epoch_sums", None)
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
         super().on_train_epoch_end()
