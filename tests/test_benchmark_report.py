@@ -82,6 +82,7 @@ def test_benchmark_task_on_one_batch_hides_a_random_fraction():
     ("args", "message"),
     [
         (["--models", "multivae,multivi"], "MULTIVI needs RNA + ATAC"),
+        (["--methods", "multivae", "multivi"], "MULTIVI needs RNA + ATAC"),
         (["--models", "scvi"], "unknown method 'scvi'"),
         (["--label-key", "celltype"], "--label-key 'celltype' is not a column of mdata.obs"),
         (["--holdout-batch", "b9"], "holdout batch 'b9' not found"),
@@ -95,6 +96,17 @@ def test_benchmark_command_input_errors(tmp_path, capsys, args, message):
     code = main(["benchmark", "--data", str(path), "--out", str(tmp_path / "o"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_default_methods_come_from_the_registry():
+    from mosaicvi import registry
+
+    for second in ("adt", "atac"):
+        expected = [*registry.names("model"), registry.peer_for(second).name, "pca"]
+        assert mv.benchmark.resolve_methods(None, second) == expected
+        assert mv.benchmark.resolve_methods("peer", second) == [expected[-2], "pca"]
+    # display names work too; the baseline is always added once
+    assert mv.benchmark.resolve_methods(["MultiVAE", "rna pca"], "adt") == ["multivae", "pca"]
 
 
 def test_benchmark_command_refuses_anndata(tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from mosaicvi import registry
 from mosaicvi.cli import main
 
 CITE_FILE = "neurips2021_bmmc_cite_600.h5mu"
@@ -21,6 +22,19 @@ def test_help_and_no_command(capsys):
     assert main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
     assert main([]) == 1
+
+
+def test_fit_help_lists_every_registered_model(capsys):
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    for method in registry.models():
+        assert method.name in out
+
+
+def test_fit_unknown_model_is_a_usage_error(capsys):
+    assert main(["fit", "--data", "x.h5mu", "--model", "not_a_model"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and "multivae" in err
 
 
 def test_benchmark_requires_data(capsys):
@@ -186,3 +200,57 @@ def test_fit_real_cite_file(shared_data_file, tmp_path, capsys):
     assert _png_ok(out / "umap.png")
     z = mudata.read_h5mu(out / "latent.h5mu").obsm["X_mosaicvi"]
     assert z.shape[0] == 600 and np.isfinite(z).all()
+
+
+@pytest.mark.parametrize("model", registry.names("model"))
+def test_fit_every_registered_model(model, small_mosaic_file, tmp_path, capsys):
+    import mudata
+    import pandas as pd
+
+    from mosaicvi.benchmark import is_semi_supervised
+
+    out = tmp_path / model
+    code = main(
+        ["fit", "--data", str(small_mosaic_file), "--model", model, "--epochs", "2"]
+        + ["--out", str(out), "--threads", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    for name in ("latent.h5mu", "umap.png", "metrics.json", "imputed_adt.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "model").is_dir()
+    assert _png_ok(out / "umap.png")
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == registry.get(model).display_name
+    assert metrics["n_cells"] == 120
+    assert 1 <= metrics["epochs"] <= 2
+    assert metrics["imputed"] == {"adt": "imputed_adt.csv"}
+    model_cls = registry.get(model).model_class()
+    trains_on_labels = is_semi_supervised(model_cls)
+    assert metrics.get("labels_in_training") == ("cell_type" if trains_on_labels else None)
+    approximate = getattr(model_cls, "imputation_is_approximate", False)
+    assert ("approximate" in metrics["imputed_values"]["adt"]) == approximate
+
+    result = mudata.read_h5mu(out / "latent.h5mu")
+    z = result.obsm["X_mosaicvi"]
+    assert z.shape == (120, metrics["n_latent"])
+    assert np.isfinite(z).all()
+    assert result.obsm["X_umap_mosaicvi"].shape == (120, 2)
+    assert result.uns["mosaicvi"]["model"] == metrics["model"]
+    # batch_1 has no protein: exactly its cells are imputed, with finite non-negative values
+    lacking = int((result.obs["batch"].astype(str) == "batch_1").sum())
+    imputed = pd.read_csv(out / "imputed_adt.csv", index_col=0)
+    assert len(imputed) == lacking > 0
+    assert np.isfinite(imputed.to_numpy()).all() and (imputed.to_numpy() >= 0).all()
+
+
+@pytest.mark.parametrize("model", registry.names("model"))
+def test_fit_options_a_model_does_not_take_are_clean_errors(model, small_mosaic_file, capsys):
+    from mosaicvi.cli._common import accepts
+
+    model_cls = registry.get(model).model_class()
+    if accepts(model_cls.__init__, "n_latent"):
+        pytest.skip(f"{model} takes n_latent")
+    code = main(["fit", "--data", str(small_mosaic_file), "--model", model, "--n-latent", "4"])
+    assert code == 2
+    assert "--n-latent does not apply" in capsys.readouterr().err

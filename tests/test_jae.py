@@ -88,8 +88,8 @@ def test_unlabelled_cells_and_no_labels_are_accepted():
     mdata.obs["partial"] = labels
     with pytest.warns(UserWarning, match="S-phase"):  # simulated genes: no cell-cycle genes
         JAE.setup_mudata(mdata, batch_key="batch", labels_key="partial")
-    assert JAE._assembled_for(mdata).obsm["_mosaicvi_cell_cycle"][:, 2].sum() == 0
     model = JAE(mdata, n_components=10, n_hidden=32)
+    assert np.isnan(model.cell_cycle_scores().to_numpy()).all()
     assert "Unknown" not in model.cell_type_names
     model.train(max_epochs=3, **QUIET)
     assert np.isfinite(model.history["cell_type_loss_train"].to_numpy(dtype=float)).all()
@@ -228,7 +228,7 @@ def test_input_transform_reads_its_cells_and_features_chunk_by_chunk(sparse_inpu
     import scipy.sparse as sp
 
     from mosaicvi.data import _normalise
-    from mosaicvi.nn import _pipeline
+    from mosaicvi.methods.jae import _transforms as _pipeline
 
     rng = np.random.default_rng(0)
     counts = sp.random(120, 30, density=0.3, format="csr", random_state=1, dtype=np.float32)

@@ -7,7 +7,7 @@ import torch
 from scvi.train import TrainingPlan
 
 import mosaicvi as mv
-from mosaicvi.train._plans import EpochMetricsMixin
+from mosaicvi.base import EpochMetricsMixin
 
 
 @pytest.fixture(scope="module")

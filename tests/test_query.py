@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 import mosaicvi as mv
 from mosaicvi.model import MultiVAE
-from mosaicvi.model._surgery import IncompatibleReferenceError, transfer_reference_weights
+from mosaicvi.base import IncompatibleReferenceError, transfer_reference_weights
 
 SMALL = {"n_hidden": 32, "n_latent": 8}
 

@@ -3,7 +3,21 @@
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
-from . import benchmark, data, dataloaders, distributions, metrics, model, module, nn, tools, train
+from . import (
+    base,
+    benchmark,
+    data,
+    dataloaders,
+    distributions,
+    methods,
+    metrics,
+    model,
+    module,
+    nn,
+    registry,
+    tools,
+    train,
+)
 
 try:
     __version__ = version("mosaicvi")
@@ -19,14 +33,17 @@ if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by 
     _logger.propagate = False
 
 __all__ = [
+    "base",
     "benchmark",
     "data",
     "dataloaders",
     "distributions",
+    "methods",
     "metrics",
     "model",
     "module",
     "nn",
+    "registry",
     "tools",
     "train",
     "__version__",

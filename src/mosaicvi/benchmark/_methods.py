@@ -7,9 +7,9 @@ method can, the hidden modality predicted for the held-out cells.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,27 +159,27 @@ def _run_mosaicvi(
     )
 
 
-def run_multivae(task: BenchmarkTask) -> MethodOutput:
-    """MultiVAE with package defaults."""
-    from mosaicvi.model import MultiVAE
-
-    return _run_mosaicvi(MultiVAE, task)
-
-
-def run_clue(task: BenchmarkTask) -> MethodOutput:
-    """CLUE with package defaults."""
-    from mosaicvi.model import CLUE
-
-    return _run_mosaicvi(CLUE, task)
+def is_semi_supervised(model_cls: Any) -> bool:
+    """Whether a model trains on cell-type labels: its ``setup_mudata`` takes ``labels_key``."""
+    setup = getattr(model_cls, "setup_mudata", None)
+    if setup is None:
+        return False
+    try:
+        return "labels_key" in inspect.signature(setup).parameters
+    except (TypeError, ValueError):  # no introspectable signature
+        return False
 
 
-def run_jae(task: BenchmarkTask) -> MethodOutput:
-    """JAE with package defaults; it sees only the labels of ``task.labels_seen`` cells."""
-    from mosaicvi.model import JAE
+def run_model(task: BenchmarkTask, model_cls: Any) -> MethodOutput:
+    """A mosaicvi model with its package defaults (the runner of every registered model).
 
+    A semi-supervised model (see :func:`is_semi_supervised`) sees only the labels of the
+    ``task.labels_seen`` cells. A model class with ``imputation_is_approximate = True`` gets a
+    note saying so in the report.
+    """
     setup: dict[str, Any] = {}
     extra_obs, notes = {}, []
-    if task.labels_key is not None:
+    if task.labels_key is not None and is_semi_supervised(model_cls):
         seen_key = "_mosaicvi_benchmark_labels"
         labels = task.mdata.obs[task.labels_key].astype(object).to_numpy(copy=True)
         labels[~task.labels_seen] = np.nan
@@ -188,9 +188,10 @@ def run_jae(task: BenchmarkTask) -> MethodOutput:
         notes.append(f"trained on the labels of {int(task.labels_seen.sum())} cells")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*cell-cycle genes.*")
-        out = _run_mosaicvi(JAE, task, extra_obs, **setup)
+        out = _run_mosaicvi(model_cls, task, extra_obs, **setup)
     out.notes.extend(notes)
-    out.notes.append("imputation is an approximate back-projection (no count likelihood)")
+    if getattr(model_cls, "imputation_is_approximate", False):
+        out.notes.append("imputation is an approximate back-projection (no count likelihood)")
     return out
 
 
@@ -262,56 +263,23 @@ def run_multivi(task: BenchmarkTask) -> MethodOutput:
 
 def run_pca(task: BenchmarkTask) -> MethodOutput:
     """Unintegrated baseline: PCA of log-normalised RNA; kNN regression for imputation."""
-    import anndata as ad
-    import scanpy as sc
-    from sklearn.neighbors import NearestNeighbors
+    from ._baselines import knn_impute, rna_pca
 
     start = time.perf_counter()
-    rna = ad.AnnData(sp.csr_matrix(task.mdata[RNA].X, dtype=np.float32))
-    sc.pp.normalize_total(rna, target_sum=1e4)
-    sc.pp.log1p(rna)
-    n_comps = int(min(N_PCS, rna.n_obs - 1, rna.n_vars - 1))
-    sc.pp.pca(rna, n_comps=n_comps, random_state=task.seed)
-    z = np.asarray(rna.obsm["X_pca"], dtype=np.float32)
+    z = rna_pca(task.mdata[RNA].X, n_comps=N_PCS, seed=task.seed)
     measured = np.flatnonzero(~task.hidden)
-    k = int(min(K_IMPUTE, len(measured)))
-    neighbours = NearestNeighbors(n_neighbors=k).fit(z[measured])
-    idx = neighbours.kneighbors(z[task.hidden_idx], return_distance=False)
     counts = sp.csr_matrix(task.mdata[task.second].X, dtype=np.float32)[measured]
-    weights = sp.csr_matrix(
-        (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)),
-        shape=(len(idx), len(measured)),
-    )
-    imputed = weights @ counts
-    imputed = np.asarray(imputed.toarray() if sp.issparse(imputed) else imputed)
+    imputed = knn_impute(z, measured, task.hidden_idx, counts, k=K_IMPUTE)
     frame = pd.DataFrame(
         imputed,
         index=task.mdata.obs_names[task.hidden_idx],
         columns=task.mdata[task.second].var_names,
     )
+    k = int(min(K_IMPUTE, len(measured)))
     return MethodOutput(
         latent=z,
         imputed=frame,
         train_seconds=time.perf_counter() - start,
         epochs=None,
-        notes=[f"RNA only: {n_comps} PCs; imputation = mean of the {k} nearest measured cells"],
+        notes=[f"RNA only: {z.shape[1]} PCs; imputation = mean of the {k} nearest measured cells"],
     )
-
-
-METHODS: dict[str, Callable[[BenchmarkTask], MethodOutput]] = {
-    "multivae": run_multivae,
-    "clue": run_clue,
-    "jae": run_jae,
-    "totalvi": run_totalvi,
-    "multivi": run_multivi,
-    "pca": run_pca,
-}
-DISPLAY_NAMES = {
-    "multivae": "MultiVAE",
-    "clue": "CLUE",
-    "jae": "JAE",
-    "totalvi": "TOTALVI",
-    "multivi": "MULTIVI",
-    "pca": "RNA PCA",
-}
-PEERS = {"adt": "totalvi", "atac": "multivi"}

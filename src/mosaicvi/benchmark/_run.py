@@ -14,13 +14,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._methods import DISPLAY_NAMES, METHODS, PEERS, RNA, BenchmarkTask, MethodOutput
+from mosaicvi import registry
+
+from ._methods import RNA, BenchmarkTask, MethodOutput, is_semi_supervised
 
 logger = logging.getLogger("mosaicvi")
 
 MIN_HOLDOUT_BATCH_CELLS = 20
 LIBRARY_TARGET = 1e4
 MAX_AUROC_ENTRIES = 2_000_000
+# how error messages name a second modality
+MODALITY_NAMES = {"adt": "protein (adt)", "atac": "ATAC"}
 
 
 @dataclass
@@ -66,30 +70,72 @@ def default_epochs(n_cells: int) -> int:
     return int(np.clip(round(40_000 / max(n_cells, 1)), 20, 200))
 
 
+def second_modalities() -> list[str]:
+    """Modalities a benchmark can pair with RNA: those a registered peer models."""
+    found: list[str] = []
+    for peer in registry.methods("peer"):
+        found += [m for m in peer.second_modalities or () if m not in found]
+    return found
+
+
+def default_methods(second: str) -> list[str]:
+    """Every registered model, the peer for RNA + ``second`` and the baselines."""
+    names = registry.names("model")
+    peer = registry.peer_for(second)
+    if peer is not None:
+        names.append(peer.name)
+    return names + [m.name for m in registry.methods("baseline") if m.handles(second)]
+
+
+def _needs(method: registry.Method) -> str:
+    mods = method.second_modalities or ()
+    return " or ".join(MODALITY_NAMES.get(m, m) for m in mods)
+
+
 def resolve_methods(names: Sequence[str] | str | None, second: str) -> list[str]:
-    """Validate method names; ``None`` means mosaicvi's three models, the peer and RNA PCA."""
+    """Validate method names (registry keys or display names, or ``"peer"``).
+
+    ``None`` means every registered model, the peer for ``second`` and the baselines; the
+    baselines (RNA PCA) are always added.
+    """
     if names is None:
-        names = ["multivae", "clue", "jae", PEERS[second]]
+        return default_methods(second)
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
     resolved = []
     for name in names:
         key = name.strip().lower()
         if key == "peer":
-            key = PEERS[second]
-        if key not in METHODS:
+            peer = registry.peer_for(second)
+            if peer is None:
+                raise ValueError(f"no registered peer models RNA + {second}")
+            key = peer.name
+        try:
+            method = registry.get(key)
+        except KeyError:
             raise ValueError(
-                f"unknown method {name!r}; choose from {', '.join(METHODS)} (or 'peer')"
+                f"unknown method {name!r}; choose from {', '.join(registry.names())} (or 'peer')"
+            ) from None
+        if not method.handles(second):
+            raise ValueError(
+                f"{method.display_name} needs RNA + {_needs(method)}; this data has RNA + {second}"
             )
-        if key == "totalvi" and second != "adt":
-            raise ValueError(f"TOTALVI needs RNA + protein (adt); this data has RNA + {second}")
-        if key == "multivi" and second != "atac":
-            raise ValueError(f"MULTIVI needs RNA + ATAC; this data has RNA + {second}")
-        if key not in resolved:
-            resolved.append(key)
-    if "pca" not in resolved:
-        resolved.append("pca")  # the unintegrated reference line, always shown
+        if method.name not in resolved:
+            resolved.append(method.name)
+    for baseline in registry.methods("baseline"):  # the unintegrated reference line
+        if baseline.handles(second) and baseline.name not in resolved:
+            resolved.append(baseline.name)
     return resolved
+
+
+def semi_supervised(methods: Sequence[str]) -> list[str]:
+    """Display names of the methods among ``methods`` that train on cell-type labels."""
+    found = []
+    for key in methods:
+        method = registry.get(key)
+        if method.kind == "model" and is_semi_supervised(method.model_class()):
+            found.append(method.display_name)
+    return found
 
 
 def _counts(adata: Any, layer: str | None) -> sp.csr_matrix:
@@ -154,18 +200,20 @@ def prepare_task(
             f"the benchmark needs an 'rna' modality; this MuData has {', '.join(mdata.mod)}. "
             "Rename the RNA modality to 'rna'."
         )
-    others = [m for m in mdata.mod if m != RNA and m in PEERS]
+    candidates = second_modalities()
+    allowed = " or ".join(map(repr, candidates))
+    others = [m for m in mdata.mod if m != RNA and m in candidates]
     if second is None:
         if len(others) != 1:
             raise ValueError(
                 f"cannot tell which modality to pair with RNA among {', '.join(mdata.mod)}; "
-                "pass second='adt' or second='atac' (--second on the command line)"
+                f"pass second= {allowed} (--second on the command line)"
             )
         second = others[0]
     if second not in mdata.mod:
         raise ValueError(f"modality {second!r} not found; this MuData has {', '.join(mdata.mod)}")
-    if second not in PEERS:
-        raise ValueError(f"the second modality must be 'adt' or 'atac', got {second!r}")
+    if second not in candidates:
+        raise ValueError(f"the second modality must be {allowed}, got {second!r}")
     for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
         if key is not None and key not in mdata.obs.columns:
             raise ValueError(
@@ -324,8 +372,9 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Train every method on ``task`` and score it.
 
-    Bio-conservation metrics are computed on the cells whose label JAE did not see
-    (``~task.labels_seen``) when JAE is among the methods, on all labelled cells otherwise;
+    Bio-conservation metrics are computed on the cells whose label a semi-supervised model
+    (JAE) did not see (``~task.labels_seen``) when one is among the methods, on all labelled
+    cells otherwise;
     imputation on the held-out cells. A method that fails is reported in ``notes`` and its
     scores are NaN; the others still run.
 
@@ -334,7 +383,7 @@ def run_benchmark(
     task
         From :func:`prepare_task`.
     methods
-        Method keys (see :func:`resolve_methods`).
+        Registry keys of the methods (see :func:`resolve_methods` and :mod:`mosaicvi.registry`).
     protocol
         Description of the task (returned by :func:`prepare_task`), kept in the result.
     progress
@@ -348,10 +397,12 @@ def run_benchmark(
     protocol = dict(protocol or {})
     n = task.mdata.n_obs
     scored = np.ones(n, dtype=bool)
-    if "jae" in methods and task.labels_key is not None:
+    supervised = semi_supervised(methods) if task.labels_key is not None else []
+    if supervised:
         scored = ~task.labels_seen
         protocol["scored_cells"] = (
-            f"{int(scored.sum())} cells whose label JAE did not see (bio metrics)"
+            f"{int(scored.sum())} cells whose label {' and '.join(supervised)} did not see "
+            "(bio metrics)"
         )
     scored_idx = np.flatnonzero(scored)
     hidden = task.hidden_idx
@@ -369,11 +420,13 @@ def run_benchmark(
     rows, latents, correlations, imputed, notes = {}, {}, {}, {}, {}
     for key in methods:
         torch.set_num_threads(threads)
-        name = DISPLAY_NAMES[key]
-        say(f"{name}: training ({task.epochs} epochs)" if key != "pca" else f"{name}: fitting")
+        method = registry.get(key)
+        name = method.display_name
+        trains = method.kind != "baseline"
+        say(f"{name}: training ({task.epochs} epochs)" if trains else f"{name}: fitting")
         start = time.perf_counter()
         try:
-            out = METHODS[key](task)
+            out = method.run(task)
             scored_out = _score(task, out, scored_idx, observed)
         except Exception as exc:  # one failing method must not lose the others
             notes[name] = [f"failed: {type(exc).__name__}: {exc}"]

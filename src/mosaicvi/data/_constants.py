@@ -22,11 +22,3 @@ DEFAULT_LIKELIHOOD_BY_NAME = {
     "chromatin": "poisson",
     "accessibility": "poisson",
 }
-
-# JAE's supervision, in the assembled AnnData
-LABELS_COLUMN = "_mosaicvi_labels"
-CELL_CYCLE_KEY = "cell_cycle"  # registry key: (S score, G2M score, has scores) per cell
-CELL_CYCLE_OBSM_KEY = "_mosaicvi_cell_cycle"
-
-# Modality names treated as protein panels (JAE feeds them through CLR instead of an SVD)
-PROTEIN_NAMES = ("adt", "protein", "proteins", "prot", "cite")

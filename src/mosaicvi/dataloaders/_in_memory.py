@@ -9,16 +9,15 @@ or directly on the GPU.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
-from scvi.dataloaders._samplers import BatchDistributedSampler
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mosaicvi.base._compat import BatchDistributedSampler
 
 
 class _CSRRows:
@@ -124,23 +123,23 @@ class TensorBank:
         return batch
 
 
-# One bank per manager and device, shared by the train/validation/inference loaders.
-_BANKS: dict[tuple[int, str], tuple[weakref.ref, TensorBank]] = {}
+_BANKS_ATTRIBUTE = "_mosaicvi_tensor_banks"
 
 
 def tensor_bank(
     adata_manager: AnnDataManager, device: str | torch.device = "cpu", pin_memory: bool = False
 ) -> TensorBank:
-    """The (cached) :class:`TensorBank` of a manager on a device."""
-    for k in [k for k, (ref, _) in _BANKS.items() if ref() is None]:
-        del _BANKS[k]
-    key = (id(adata_manager), str(torch.device(device)))
-    entry = _BANKS.get(key)
-    if entry is None or entry[0]() is not adata_manager:
-        bank = TensorBank(adata_manager, device, pin_memory)
-        _BANKS[key] = (weakref.ref(adata_manager), bank)
-        return bank
-    return entry[1]
+    """The :class:`TensorBank` of a manager on a device, shared by its loaders.
+
+    The bank is kept on the manager itself (one per device), so it lives exactly as long as the
+    registered data it copies: the train, validation and inference loaders of one model share
+    it, and it is freed with the model.
+    """
+    banks = adata_manager.__dict__.setdefault(_BANKS_ATTRIBUTE, {})
+    key = str(torch.device(device))
+    if key not in banks:
+        banks[key] = TensorBank(adata_manager, device, pin_memory)
+    return banks[key]
 
 
 class _BankDataset(Dataset):

@@ -1,8 +1,8 @@
-"""User-facing models."""
+"""User-facing models (each defined in its folder under :mod:`mosaicvi.methods`)."""
 
-from ._base import MosaicModelMixin
-from ._clue import CLUE
-from ._jae import JAE
-from ._multivae import MultiVAE
+from mosaicvi.base import MosaicModel
+from mosaicvi.methods.clue import CLUE
+from mosaicvi.methods.jae import JAE
+from mosaicvi.methods.multivae import MultiVAE
 
-__all__ = ["CLUE", "JAE", "MosaicModelMixin", "MultiVAE"]
+__all__ = ["CLUE", "JAE", "MosaicModel", "MultiVAE"]

@@ -1,7 +1,8 @@
-"""Torch modules (inference, generative, loss), one per method."""
+"""Torch modules (inference, generative, loss): the base modules and one per method."""
 
-from ._clue import CLUEModule
-from ._jae import JAEModule
-from ._multivae import MultiVAEModule
+from mosaicvi.base import ModalityModule, VAEModule
+from mosaicvi.methods.clue import CLUEModule
+from mosaicvi.methods.jae import JAEModule
+from mosaicvi.methods.multivae import MultiVAEModule
 
-__all__ = ["CLUEModule", "JAEModule", "MultiVAEModule"]
+__all__ = ["CLUEModule", "JAEModule", "ModalityModule", "MultiVAEModule", "VAEModule"]

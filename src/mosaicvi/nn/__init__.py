@@ -1,6 +1,5 @@
-"""Neural-network building blocks."""
+"""Neural-network building blocks shared by the methods."""
 
 from ._modality import ModalityDecoder, ModalityEncoder, hidden_layers
-from ._pipeline import ModalityTransform
 
-__all__ = ["ModalityDecoder", "ModalityEncoder", "ModalityTransform", "hidden_layers"]
+__all__ = ["ModalityDecoder", "ModalityEncoder", "hidden_layers"]

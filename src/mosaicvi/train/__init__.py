@@ -1,8 +1,9 @@
-"""Training plans (optimisation), one per method where needed, and query-training guards."""
+"""Training plans (the shared base and one per method) and the query-training guard."""
 
-from ._adversarial import AdversarialTrainingPlan
-from ._freezing import FrozenReferenceCallback
-from ._plans import JAETrainingPlan, MosaicTrainingPlan, MultiVAETrainingPlan
+from mosaicvi.base import FrozenReferenceCallback, MosaicTrainingPlan
+from mosaicvi.methods.clue import AdversarialTrainingPlan
+from mosaicvi.methods.jae import JAETrainingPlan
+from mosaicvi.methods.multivae import MultiVAETrainingPlan
 
 __all__ = [
     "AdversarialTrainingPlan",

@@ -11,11 +11,12 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 
+from mosaicvi.base import ModalityModule
 from mosaicvi.data import ModalitySpec
-from mosaicvi.data._constants import CELL_CYCLE_KEY
-from mosaicvi.nn import ModalityTransform, hidden_layers
+from mosaicvi.nn import hidden_layers
 
-from ._base import MosaicModule
+from ._supervision import CELL_CYCLE_KEY
+from ._transforms import ModalityTransform
 
 #: Order of the named latent slices.
 LATENT_SLICES = ("cell_type", "batch", "cell_cycle", "free")
@@ -27,7 +28,7 @@ def _mlp(n_in: int, n_out: int, n_hidden: int, n_layers: int, dropout_rate: floa
     )
 
 
-class JAEModule(MosaicModule):
+class JAEModule(ModalityModule):
     """Deterministic autoencoder over fixed per-modality input features.
 
     Each modality's counts pass through a :class:`~mosaicvi.nn.ModalityTransform` fitted on the
@@ -49,7 +50,8 @@ class JAEModule(MosaicModule):
         Cell types (size of the ``cell_type`` slice); labels equal to ``n_labels`` mean
         "unlabelled".
     n_batch
-        Batches (size of the ``batch`` slice).
+        Size of the ``batch`` slice (the reference's batches; it is only trained towards the
+        uniform distribution, so it does not index batches).
     n_free
         Unsupervised latent dimensions.
     n_hidden, n_layers, dropout_rate

@@ -57,6 +57,8 @@ class ModalityTransform(nn.Module):
             self.register_buffer("components", torch.zeros(n_vars, self.n_out))
         self.register_buffer("center", torch.zeros(self.n_out))
         self.register_buffer("scale", torch.ones(()))
+        # saved with the weights: a loaded or mapped model is never fitted again
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def _features_numpy(self, logged) -> np.ndarray:
         if self.kind == "svd":
@@ -115,6 +117,7 @@ class ModalityTransform(nn.Module):
         scale = float(np.sqrt(((features - center) ** 2).mean()))
         self.center.copy_(torch.as_tensor(center))
         self.scale.fill_(scale if scale > 0 else 1.0)
+        self.fitted.fill_(True)
         return self
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:

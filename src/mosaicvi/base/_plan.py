@@ -1,4 +1,4 @@
-"""Training plans."""
+"""The training plan every model's plan builds on: epoch metrics, fused optimizers, train mode."""
 
 from __future__ import annotations
 
@@ -138,54 +138,3 @@ class MosaicTrainingPlan(EpochMetricsMixin, TrainingPlan):
         """
         super().on_fit_start()
         self.module.train()
-
-
-class MultiVAETrainingPlan(MosaicTrainingPlan):
-    """ELBO plan plus the MMD integration weight.
-
-    Parameters
-    ----------
-    module
-        A module whose ``loss`` accepts ``kl_weight`` and ``mmd_weight``.
-    mmd_weight
-        Weight of the module's MMD integration loss (ignored if the module has none).
-    **kwargs
-        Passed to :class:`scvi.train.TrainingPlan`.
-    """
-
-    def __init__(self, module: BaseModuleClass, *, mmd_weight: float = 0.0, **kwargs):
-        super().__init__(module, loss_weights={"mmd_weight": mmd_weight}, **kwargs)
-
-
-class JAETrainingPlan(MosaicTrainingPlan):
-    """Adam on JAE's weighted loss (reconstruction, cell type, batch, cell cycle).
-
-    Parameters
-    ----------
-    module
-        A :class:`~mosaicvi.module.JAEModule`.
-    reconstruction_weight, cell_type_weight, batch_weight, cell_cycle_weight
-        Loss weights (published: 0.7, 0.2, 0.05, 0.05); 0 switches a term off.
-    **kwargs
-        Passed to :class:`scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ...).
-    """
-
-    def __init__(
-        self,
-        module: BaseModuleClass,
-        *,
-        reconstruction_weight: float = 0.7,
-        cell_type_weight: float = 0.2,
-        batch_weight: float = 0.05,
-        cell_cycle_weight: float = 0.05,
-        **kwargs,
-    ):
-        weights = {
-            "reconstruction_weight": reconstruction_weight,
-            "cell_type_weight": cell_type_weight,
-            "batch_weight": batch_weight,
-            "cell_cycle_weight": cell_cycle_weight,
-        }
-        if any(w < 0 for w in weights.values()):
-            raise ValueError(f"Loss weights must be non-negative, got {weights}.")
-        super().__init__(module, loss_weights=weights, **kwargs)

@@ -12,16 +12,15 @@ from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from mosaicvi.base import VAEModule
 from mosaicvi.data import ModalitySpec
 from mosaicvi.distributions import MIXINGS, groupwise_mmd
 from mosaicvi.nn import ModalityDecoder, ModalityEncoder
 
-from ._base import MosaicModule
-
 IntegrationLoss = Literal["latent", "marginal"]
 
 
-class MultiVAEModule(MosaicModule):
+class MultiVAEModule(VAEModule):
     """Multimodal VAE with a joint posterior over the *observed* modalities of each cell.
 
     Every modality k has an encoder ``q(z | x_k)`` and a decoder ``p(x_k | z, covariates)``. The

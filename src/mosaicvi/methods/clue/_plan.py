@@ -8,7 +8,7 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
-from ._plans import EpochMetricsMixin, make_optimizer
+from mosaicvi.base import EpochMetricsMixin, make_optimizer
 
 _OPTIMIZERS = {
     "Adam": torch.optim.Adam,

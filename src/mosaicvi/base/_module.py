@@ -1,4 +1,4 @@
-"""Plumbing shared by every mosaicvi module: modalities, covariates and library sizes."""
+"""Base modules: modality plumbing for every model, VAE decoding on top of it."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from mosaicvi.data import OBSERVED_KEY, ModalitySpec
 from mosaicvi.distributions import get_likelihood
 
 
-class MosaicModule(BaseModuleClass):
-    """Base of the mosaicvi modules.
+class ModalityModule(BaseModuleClass):
+    """Base of every mosaicvi module: the modalities and the covariates of a minibatch.
 
-    Knows the modalities (their likelihoods and column slices of ``X``), reads covariates from a
-    minibatch, computes observed log library sizes and predicts them from a latent for cells that
-    lack a count modality. Subclasses implement ``inference``, ``generative`` and ``loss``, and
-    their inference outputs hold ``qz_mean``, ``observed`` and ``library``.
+    Knows the modalities (their column slices of ``X``) and reads the observed mask and the
+    covariates from a minibatch. Subclasses implement ``inference`` (whose outputs hold
+    ``qz_mean``, ``z`` and ``observed``), ``generative`` and ``loss``.
 
     Parameters
     ----------
@@ -31,9 +30,50 @@ class MosaicModule(BaseModuleClass):
     def __init__(self, modalities: Sequence[ModalitySpec]):
         super().__init__()
         self.modalities = list(modalities)
-        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
         bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @staticmethod
+    def _covariates(tensors: dict) -> dict:
+        return {
+            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "observed": tensors[OBSERVED_KEY],
+            **self._covariates(tensors),
+        }
+
+    @staticmethod
+    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
+        cats = [batch_index]
+        if cat_covs is not None:
+            cats.extend(torch.split(cat_covs, 1, dim=1))
+        return cats
+
+
+class VAEModule(ModalityModule):
+    """A module with one likelihood and decoder per modality and library-size predictors.
+
+    Adds to :class:`ModalityModule` the per-modality likelihoods, observed log library sizes and
+    their prediction from a latent (for cells that lack a count modality), decoding and the
+    reconstruction loss. Subclasses build ``self.decoders`` (one
+    :class:`~mosaicvi.nn.ModalityDecoder` per modality); their inference outputs also hold
+    ``library``.
+
+    Parameters
+    ----------
+    modalities
+        One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
+    """
+
+    def __init__(self, modalities: Sequence[ModalitySpec]):
+        super().__init__(modalities)
+        self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
 
     def _init_library_predictors(
         self,
@@ -59,28 +99,6 @@ class MosaicModule(BaseModuleClass):
                 with torch.no_grad():
                     predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
             self.library_predictors[spec.name] = predictor
-
-    @staticmethod
-    def _covariates(tensors: dict) -> dict:
-        return {
-            "batch_index": tensors[REGISTRY_KEYS.BATCH_KEY],
-            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
-            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
-        }
-
-    def _get_inference_input(self, tensors: dict) -> dict:
-        return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "observed": tensors[OBSERVED_KEY],
-            **self._covariates(tensors),
-        }
-
-    @staticmethod
-    def _cat_list(batch_index, cat_covs) -> list[torch.Tensor]:
-        cats = [batch_index]
-        if cat_covs is not None:
-            cats.extend(torch.split(cat_covs, 1, dim=1))
-        return cats
 
     def log_library(self, x: torch.Tensor) -> torch.Tensor:
         """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""

@@ -1,0 +1,109 @@
+"""Every use of scvi-tools internals, in one place (scvi-tools >= 1.4, < 1.5).
+
+scvi-tools' public API (``BaseModelClass``, ``AnnDataManager``, fields, ``TrainingPlan``,
+``FCLayers``) is imported where it is used. What scvi-tools keeps private (registry keys of saved
+models, save/load helpers, device parsing, the distributed sampler and its per-class manager
+stores) is reached only through this module, so a new scvi-tools release is checked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scvi.data._constants import (
+    _FIELD_REGISTRIES_KEY,
+    _MODEL_NAME_KEY,
+    _SETUP_ARGS_KEY,
+    _SETUP_METHOD_NAME,
+    _STATE_REGISTRY_KEY,
+)
+from scvi.dataloaders._samplers import BatchDistributedSampler
+from scvi.model._utils import (
+    _get_batch_code_from_category,
+    parse_device_args,
+    use_distributed_sampler,
+)
+from scvi.model.base._save_load import _initialize_model, _load_saved_files
+
+__all__ = [
+    "BatchDistributedSampler",
+    "batch_codes",
+    "field_state",
+    "forget_instance",
+    "forget_manager",
+    "initialize_model",
+    "load_saved_files",
+    "model_name",
+    "release_setup_manager",
+    "setup_args",
+    "setup_method_args",
+    "torch_device",
+    "use_distributed_sampler",
+]
+
+
+def setup_args(registry: dict) -> dict:
+    """The ``setup_mudata`` arguments recorded in a registry."""
+    return registry[_SETUP_ARGS_KEY]
+
+
+def setup_method_args(model_name: str, args: dict) -> dict:
+    """What ``AnnDataManager(setup_method_args=...)`` records of a ``setup_mudata`` call."""
+    return {_MODEL_NAME_KEY: model_name, _SETUP_METHOD_NAME: "setup_mudata", _SETUP_ARGS_KEY: args}
+
+
+def model_name(registry: dict) -> str | None:
+    """Name of the model class that wrote a registry."""
+    return registry.get(_MODEL_NAME_KEY)
+
+
+def field_state(registry: dict, registry_key: str) -> dict:
+    """State registry of one field (``{}`` when the field is absent or empty)."""
+    return registry[_FIELD_REGISTRIES_KEY].get(registry_key, {}).get(_STATE_REGISTRY_KEY, {})
+
+
+def torch_device(accelerator: str, device: int | str):
+    """The torch device Lightning would pick for ``accelerator`` / ``device``."""
+    _, _, chosen = parse_device_args(
+        accelerator=accelerator, devices=device, return_device="torch", validate_single_device=True
+    )
+    return chosen
+
+
+def batch_codes(adata_manager, categories: Sequence[str]) -> list[int]:
+    """Integer codes of batch categories (scvi-tools' error for unknown ones)."""
+    return _get_batch_code_from_category(adata_manager, list(categories))
+
+
+def load_saved_files(dir_path: str, prefix: str | None, map_location) -> tuple:
+    """``(attributes, var_names, state_dict)`` of a folder written by ``model.save``."""
+    attr_dict, var_names, state_dict, _ = _load_saved_files(
+        dir_path, False, prefix=prefix, map_location=map_location
+    )
+    state_dict.pop("pyro_param_store", None)
+    return attr_dict, var_names, state_dict
+
+
+def initialize_model(cls: type, adata, registry: dict, attr_dict: dict):
+    """A model of ``cls`` on registered ``adata``, built from saved init params and attributes."""
+    return _initialize_model(cls, adata, registry, attr_dict, None)
+
+
+def release_setup_manager(cls: type, adata_manager) -> None:
+    """Drop a manager from the class-level store ``setup_anndata`` put it in.
+
+    scvi-tools keeps every registered AnnData alive there for the lifetime of the process; once
+    a model holds the manager, the store's reference only leaks memory.
+    """
+    cls._setup_adata_manager_store.pop(adata_manager.adata_uuid, None)
+
+
+def forget_instance(cls: type, instance_id: str) -> None:
+    """Drop a deleted model's managers (and so its data) from the per-instance store."""
+    cls._per_instance_manager_store.pop(instance_id, None)
+
+
+def forget_manager(model, adata_manager) -> None:
+    """Drop one transient manager of a live model from its per-instance store."""
+    store = type(model)._per_instance_manager_store.get(model.id, {})
+    store.pop(adata_manager.adata_uuid, None)

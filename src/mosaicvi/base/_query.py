@@ -1,0 +1,222 @@
+"""Saving, loading and scArches-style query mapping, for every model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from mudata import MuData, read_h5mu
+from scvi import REGISTRY_KEYS
+from scvi.model.base import BaseModelClass
+
+from mosaicvi.data import prepare_query
+
+from . import _compat
+from ._freezing import FrozenReferenceCallback
+from ._registration import RegisteredModalities
+from ._surgery import freeze, transfer_reference_weights
+
+MDATA_FILE = "mdata.h5mu"  # the user's MuData, written by save(save_anndata=True)
+
+
+def _reference_n_cats(registry: dict) -> list[int]:
+    """Categories of each covariate of a registry (batch first)."""
+    n_batch = _compat.field_state(registry, REGISTRY_KEYS.BATCH_KEY).get("categorical_mapping")
+    cat_state = _compat.field_state(registry, REGISTRY_KEYS.CAT_COVS_KEY)
+    return [1 if n_batch is None else len(n_batch), *cat_state.get("n_cats_per_key", [])]
+
+
+class QueryMixin:
+    """``save``, ``load`` and ``load_query_data``.
+
+    A mapped query keeps ``trainable_masks_`` (saved with it): which entries of each parameter
+    may train. ``None`` for a reference model.
+    """
+
+    trainable_masks_: dict[str, torch.Tensor] | None = None
+    #: Default of ``load_query_data(unfrozen=...)``.
+    _query_unfrozen_default: bool | Sequence[str] = False
+
+    @property
+    def is_query(self) -> bool:
+        """Whether this model was mapped onto a reference with :meth:`load_query_data`."""
+        return self.trainable_masks_ is not None
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        save_kwargs: dict | None = None,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model (weights, registry, fitted inputs) to a folder.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to create.
+        prefix
+            Prefix of the file names.
+        overwrite
+            Replace an existing folder.
+        save_anndata
+            Also write the MuData the model was created with (``mdata.h5mu``), so that
+            :meth:`load` needs no data.
+        save_kwargs
+            Passed to :func:`torch.save`.
+        **anndata_write_kwargs
+            Passed to :meth:`mudata.MuData.write_h5mu`.
+        """
+        BaseModelClass.save(
+            self, str(dir_path), prefix, overwrite, save_anndata=False, save_kwargs=save_kwargs
+        )
+        if save_anndata:
+            self.mdata.write_h5mu(
+                Path(dir_path) / f"{prefix or ''}{MDATA_FILE}", **anndata_write_kwargs
+            )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: MuData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a saved model onto a MuData shaped like its training data.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            MuData with the model's modalities and features (in order). ``None``: the MuData
+            saved with ``save(save_anndata=True)``.
+        accelerator, device
+            Where to put the model.
+        prefix
+            Prefix of the saved file names.
+        """
+        dir_path = str(dir_path)
+        torch_device = _compat.torch_device(accelerator, device)
+        attr_dict, _, state_dict = _compat.load_saved_files(dir_path, prefix, torch_device)
+        registry = attr_dict.pop("registry_")
+        cls._check_registry_model(registry, dir_path)
+        if adata is None:
+            saved = Path(dir_path) / f"{prefix or ''}{MDATA_FILE}"
+            if not saved.exists():
+                raise ValueError(
+                    f"{dir_path} holds no data ({saved.name} is absent: the model was saved "
+                    "without `save_anndata=True`). Pass the MuData: "
+                    f"`{cls.__name__}.load({dir_path!r}, mdata)`."
+                )
+            adata = read_h5mu(saved)
+        args = _compat.setup_args(registry)
+        cls._register(adata, args, require_observed=False, source_registry=registry)
+        model = _compat.initialize_model(cls, adata, registry, attr_dict)
+        model.module.load_state_dict(state_dict)
+        model.to_device(torch_device)
+        model.module.eval()
+        return model
+
+    @classmethod
+    def _check_registry_model(cls, registry: dict, where: str) -> None:
+        name = _compat.model_name(registry)
+        if name != cls.__name__:
+            raise ValueError(
+                f"{where} holds a {name} model, not a {cls.__name__}. Load it with "
+                f"`mosaicvi.model.{name}.load(...)`."
+            )
+
+    # ------------------------------------------------------------------ query mapping
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: MuData,
+        reference_model,
+        unfrozen: bool | Sequence[str] | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ):
+        """Map a query dataset onto a trained reference (scArches-style surgery).
+
+        The query is aligned to the reference with :func:`mosaicvi.data.prepare_query`: it may
+        lack whole modalities, have its features in another order or miss some (added as
+        zeros), and bring new batches. New covariate categories get new parameters; everything
+        learned on the reference stays bit-identical during query training whatever the
+        optimizer settings.
+
+        Parameters
+        ----------
+        adata
+            Query MuData; batch/covariate columns in ``mdata.obs`` as for the reference.
+        reference_model
+            A trained model of this class, or the folder it was saved to.
+        unfrozen
+            ``False``: train only the new categories' parameters. ``True``: fine-tune
+            everything. A list of parameter-name prefixes (e.g. ``["encoders"]``) also trains
+            those parameters entirely. ``None``: the model's default (``False`` for the VAEs;
+            JAE, whose latent has no batch-specific parameters, fine-tunes everything).
+        accelerator, device
+            Where to put the query model.
+
+        Returns
+        -------
+        A model of this class on the aligned query (``model.mdata``), ready for ``train()``.
+        """
+        torch_device = _compat.torch_device(accelerator, device)
+        registry, init_params, reference_state = cls._reference_parts(reference_model, torch_device)
+        aligned = prepare_query(adata, RegisteredModalities(registry))
+        cls._register(
+            aligned,
+            _compat.setup_args(registry),
+            require_observed=False,
+            source_registry=registry,
+            extend_categories=True,
+        )
+        model = _compat.initialize_model(cls, aligned, registry, {"init_params_": init_params})
+        model.module.to(torch_device)
+        unfrozen = cls._query_unfrozen_default if unfrozen is None else unfrozen
+        # saved with the model (trailing underscore), so a reloaded query stays frozen too
+        model.trainable_masks_ = transfer_reference_weights(
+            reference_state, model.module, _reference_n_cats(registry), unfrozen
+        )
+        freeze(model.module, model.trainable_masks_)
+        model.module.eval()
+        return model
+
+    @classmethod
+    def _reference_parts(cls, reference_model, torch_device) -> tuple[dict, dict, dict]:
+        """``(registry, init_params, state_dict)`` of a reference model or saved folder."""
+        if isinstance(reference_model, str | os.PathLike):
+            attr_dict, _, state = _compat.load_saved_files(str(reference_model), None, torch_device)
+            registry = attr_dict.pop("registry_")
+            init_params = attr_dict["init_params_"]
+        elif isinstance(reference_model, cls):
+            registry = reference_model.registry_
+            init_params = reference_model.init_params_
+            state = {
+                k: v.detach().to(torch_device).clone()
+                for k, v in reference_model.module.state_dict().items()
+            }
+        else:
+            raise TypeError(
+                f"reference_model must be a trained {cls.__name__} or the folder it was saved to, "
+                f"got {type(reference_model).__name__}."
+            )
+        cls._check_registry_model(registry, "The reference")
+        return registry, init_params, state
+
+    def _query_callbacks(self) -> list:
+        """Freeze reference weights when this model is a mapped query; its guard callback."""
+        if not self.trainable_masks_:
+            return []
+        masks = {k: v.to(self.device) for k, v in self.trainable_masks_.items()}
+        partial = freeze(self.module, masks)
+        return [FrozenReferenceCallback(partial)] if partial else []
