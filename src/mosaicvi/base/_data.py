@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from mudata import MuData
 
-from mosaicvi.data import assemble_mosaic, build_specs
 from mosaicvi.data._constants import OBSERVED_OBSM_KEY
 
 from . import _compat
@@ -71,17 +70,7 @@ class DataAccessMixin:
     def _transient_manager(self, mdata: MuData):
         """Assemble ``mdata`` with the model's registration and register it for this model."""
         args = _compat.setup_args(self.registry_)
-        specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
-        assembled = assemble_mosaic(
-            mdata,
-            specs,
-            args["batch_key"],
-            args["categorical_covariate_keys"],
-            args["continuous_covariate_keys"],
-            require_observed=False,
-        )
-        model_args = {k: args[k] for k in self._model_setup_args}
-        self._annotate_assembly(assembled, mdata, specs, model_args, self.registry_)
+        _, assembled = self._assemble(mdata, args, False, self.registry_)
         manager = self.adata_manager.transfer_fields(assembled)
         self._register_manager_for_instance(manager)
         return manager

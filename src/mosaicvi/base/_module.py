@@ -12,6 +12,7 @@ from torch import nn
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec
 from mosaicvi.distributions import get_likelihood
+from mosaicvi.nn import ModalityDecoder, ModalityEncoder
 
 
 class ModalityModule(BaseModuleClass):
@@ -74,6 +75,37 @@ class VAEModule(ModalityModule):
     def __init__(self, modalities: Sequence[ModalitySpec]):
         super().__init__(modalities)
         self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
+
+    def _modality_encoders(
+        self,
+        n_latent: int,
+        n_cat_list: Sequence[int],
+        n_continuous_cov: int,
+        encode_covariates: bool,
+        **architecture,
+    ) -> nn.ModuleList:
+        """One Gaussian encoder ``q(z | x_k)`` per modality, conditioned on covariates or not."""
+        return nn.ModuleList(
+            ModalityEncoder(
+                spec.n_vars + n_continuous_cov * encode_covariates,
+                n_latent,
+                lik,
+                n_cat_list=list(n_cat_list) if encode_covariates else None,
+                **architecture,
+            )
+            for spec, lik in zip(self.modalities, self.likelihoods)
+        )
+
+    def _modality_decoders(
+        self, n_latent: int, n_cat_list: Sequence[int], n_continuous_cov: int, **architecture
+    ) -> nn.ModuleList:
+        """One decoder ``p(x_k | z, covariates)`` per modality."""
+        return nn.ModuleList(
+            ModalityDecoder(
+                n_latent + n_continuous_cov, spec.n_vars, lik, n_cat_list=n_cat_list, **architecture
+            )
+            for spec, lik in zip(self.modalities, self.likelihoods)
+        )
 
     def _init_library_predictors(
         self,

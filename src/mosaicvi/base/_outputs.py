@@ -57,6 +57,8 @@ class LatentMixin:
         with self._data_for(adata) as assembled:
             use = self._use_modalities(modality, self._observed(assembled, indices))
             loader = self._make_data_loader(adata=assembled, indices=indices, batch_size=batch_size)
+            if len(loader.indices) == 0:
+                raise ValueError("`indices` selects no cell; pass at least one cell position.")
             latents = []
             for tensors in loader:
                 inputs = self.module._get_inference_input(tensors)

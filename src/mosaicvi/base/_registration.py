@@ -204,23 +204,14 @@ class RegistrationMixin:
                 f"{cls.__name__} works on MuData, got {type(mdata).__name__}. Wrap your "
                 "modalities with `mudata.MuData({'rna': rna, 'adt': adt})`."
             )
-        specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
+        specs, assembled = cls._assemble(mdata, args, require_observed, source_registry)
         args = {
             **args,
             "modalities": {s.name: s.mod_key for s in specs},
             "layers": {s.name: s.layer for s in specs},
             "likelihoods": {s.name: s.likelihood for s in specs},
         }
-        assembled = assemble_mosaic(
-            mdata,
-            specs,
-            args["batch_key"],
-            args["categorical_covariate_keys"],
-            args["continuous_covariate_keys"],
-            require_observed=require_observed,
-        )
         model_args = {k: args[k] for k in cls._model_setup_args}
-        cls._annotate_assembly(assembled, mdata, specs, model_args, source_registry)
         var_names = {s.name: mdata.mod[s.mod_key].var_names for s in specs}
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
@@ -247,6 +238,28 @@ class RegistrationMixin:
         manager.register_fields(assembled, **register_kwargs)
         cls._remember_setup(mdata, args, manager)
         return manager
+
+    @classmethod
+    def _assemble(
+        cls, mdata: MuData, args: dict, require_observed: bool, source_registry: dict | None
+    ) -> tuple[list[ModalitySpec], ad.AnnData]:
+        """Validate ``mdata`` and assemble it with ``setup_mudata`` arguments ``args``.
+
+        ``source_registry`` is the registry of the model whose data this is read for (a query,
+        a loaded model or another MuData passed to a trained model).
+        """
+        specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
+        assembled = assemble_mosaic(
+            mdata,
+            specs,
+            args["batch_key"],
+            args["categorical_covariate_keys"],
+            args["continuous_covariate_keys"],
+            require_observed=require_observed,
+        )
+        model_args = {k: args[k] for k in cls._model_setup_args}
+        cls._annotate_assembly(assembled, mdata, specs, model_args, source_registry)
+        return specs, assembled
 
     @classmethod
     def _remember_setup(cls, mdata: MuData, args: dict, manager: AnnDataManager) -> None:

@@ -202,18 +202,24 @@ def _hidden_aligned_with_batches(task: BenchmarkTask) -> bool:
     return not set(batches[~task.hidden]) & hidden_batches
 
 
+def _peer_data(peer_cls: Any, task: BenchmarkTask, second_layer_key: str) -> Any:
+    """The task's data zero-filled as the scvi-tools peers expect, set up with ``peer_cls``."""
+    mdata = zero_second_modality(task)
+    peer_cls.setup_mudata(
+        mdata,
+        modalities={"rna_layer": RNA, second_layer_key: task.second},
+        batch_key=task.batch_key,
+    )
+    return mdata
+
+
 def run_totalvi(task: BenchmarkTask) -> MethodOutput:
     """scvi-tools TOTALVI with its defaults (RNA + protein only)."""
     import scvi
 
     if task.second != "adt":
         raise ValueError("TOTALVI models RNA + protein (adt); this data has RNA + " + task.second)
-    mdata = zero_second_modality(task)
-    scvi.model.TOTALVI.setup_mudata(
-        mdata,
-        modalities={"rna_layer": RNA, "protein_layer": task.second},
-        batch_key=task.batch_key,
-    )
+    mdata = _peer_data(scvi.model.TOTALVI, task, "protein_layer")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some proteins have all 0 counts")
         model = scvi.model.TOTALVI(mdata)
@@ -243,13 +249,7 @@ def run_multivi(task: BenchmarkTask) -> MethodOutput:
 
     if task.second != "atac":
         raise ValueError("MULTIVI models RNA + ATAC; this data has RNA + " + task.second)
-    mdata = zero_second_modality(task)
-    scvi.model.MULTIVI.setup_mudata(
-        mdata,
-        modalities={"rna_layer": RNA, "atac_layer": task.second},
-        batch_key=task.batch_key,
-    )
-    model = scvi.model.MULTIVI(mdata)
+    model = scvi.model.MULTIVI(_peer_data(scvi.model.MULTIVI, task, "atac_layer"))
     seconds = _train(model, task)
     imputed = model.get_normalized_accessibility(indices=task.hidden_idx)
     return MethodOutput(

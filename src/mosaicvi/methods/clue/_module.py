@@ -16,7 +16,6 @@ from torch.distributions import Normal, kl_divergence
 from mosaicvi.base import VAEModule
 from mosaicvi.data import ModalitySpec
 from mosaicvi.distributions import product_of_experts
-from mosaicvi.nn import ModalityDecoder, ModalityEncoder
 
 from ._discriminator import ModalityDiscriminator
 
@@ -130,28 +129,15 @@ class CLUEModule(VAEModule):
         self.encode_covariates = encode_covariates
 
         n_cat_list = [n_batch] + list(n_cats_per_cov or [])
-        encoder_cats = n_cat_list if encode_covariates else None
         arch = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate}
         # encoders[k][j] = q(z_k | x_j)
         self.encoders = nn.ModuleList(
-            nn.ModuleList(
-                ModalityEncoder(
-                    spec_j.n_vars + n_continuous_cov * encode_covariates,
-                    n_latent,
-                    lik_j,
-                    n_cat_list=encoder_cats,
-                    **arch,
-                )
-                for spec_j, lik_j in zip(self.modalities, self.likelihoods)
+            self._modality_encoders(
+                n_latent, n_cat_list, n_continuous_cov, encode_covariates, **arch
             )
             for _ in self.modalities
         )
-        self.decoders = nn.ModuleList(
-            ModalityDecoder(
-                n_latent + n_continuous_cov, spec.n_vars, lik, n_cat_list=n_cat_list, **arch
-            )
-            for spec, lik in zip(self.modalities, self.likelihoods)
-        )
+        self.decoders = self._modality_decoders(n_latent, n_cat_list, n_continuous_cov, **arch)
         self.discriminator = ModalityDiscriminator(
             self.n_latent,
             self.n_modalities,
@@ -419,30 +405,20 @@ class CLUEModule(VAEModule):
             d_loss = self._weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
         return per_cell, accuracy, d_loss
 
-    def loss(
+    def _elbo_terms(
         self,
-        tensors: dict,
-        inference_outputs: dict,
+        x: torch.Tensor,
+        out: dict,
         generative_outputs: dict,
-        kl_weight: float = 1.0,
-    ) -> LossOutput:
-        """Weighted sum of the self ELBO, cross ELBO, alignment and adversarial terms.
+        cross_mask: torch.Tensor,
+        kl_weight: float,
+    ) -> tuple[torch.Tensor, ...]:
+        """Self and cross reconstruction ``(n, K)``, their KLs ``(n, K)`` and ELBOs ``(n,)``.
 
-        Every term is logged in ``extra_metrics`` by name (unweighted per-cell means):
-        ``self_elbo``, ``cross_elbo``, ``alignment_loss``, ``adversarial_loss``,
-        ``reconstruction_loss_<modality>`` (self), ``cross_reconstruction_<modality>``,
-        ``kl_self``, ``kl_cross``, ``library_loss``, ``discriminator_loss`` and
-        ``discriminator_accuracy``.
+        A term whose weight is 0 is not computed (zeros).
         """
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        out = inference_outputs
         observed = out["observed"]
-        n_observed = observed.sum(1, keepdim=True)
-        # modality k of a cell has a cross term when another modality is observed too
-        cross_mask = observed * (n_observed - observed > 0).to(observed)
-        multimodal = (n_observed.squeeze(1) > 1).to(observed)
         zeros = torch.zeros_like(observed)
-
         if self.combine == "mean":
             kl_self, kl_cross = self._expert_kl(out, observed, cross_mask)
         else:
@@ -465,6 +441,34 @@ class CLUEModule(VAEModule):
         cross_elbo = (
             (rec_cross + kl_weight * kl_cross).sum(1) if self.cross_weight > 0 else zeros[:, 0]
         )
+        return rec_self, rec_cross, kl_self, kl_cross, self_elbo, cross_elbo
+
+    def loss(
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+    ) -> LossOutput:
+        """Weighted sum of the self ELBO, cross ELBO, alignment and adversarial terms.
+
+        Every term is logged in ``extra_metrics`` by name (unweighted per-cell means):
+        ``self_elbo``, ``cross_elbo``, ``alignment_loss``, ``adversarial_loss``,
+        ``reconstruction_loss_<modality>`` (self), ``cross_reconstruction_<modality>``,
+        ``kl_self``, ``kl_cross``, ``library_loss``, ``discriminator_loss`` and
+        ``discriminator_accuracy``.
+        """
+        out = inference_outputs
+        observed = out["observed"]
+        n_observed = observed.sum(1, keepdim=True)
+        # modality k of a cell has a cross term when another modality is observed too
+        cross_mask = observed * (n_observed - observed > 0).to(observed)
+        multimodal = (n_observed.squeeze(1) > 1).to(observed)
+        zeros = torch.zeros_like(observed)
+        terms = self._elbo_terms(
+            tensors[REGISTRY_KEYS.X_KEY], out, generative_outputs, cross_mask, kl_weight
+        )
+        rec_self, rec_cross, kl_self, kl_cross, self_elbo, cross_elbo = terms
         alignment = self._alignment(out) if self.alignment_weight > 0 else zeros[:, 0]
         alignment = alignment * multimodal
         adversarial, d_accuracy, d_loss = self._adversarial(out)

@@ -9,13 +9,11 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput, auto_move_data
-from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from mosaicvi.base import VAEModule
 from mosaicvi.data import ModalitySpec
 from mosaicvi.distributions import MIXINGS, groupwise_mmd
-from mosaicvi.nn import ModalityDecoder, ModalityEncoder
 
 IntegrationLoss = Literal["latent", "marginal"]
 
@@ -86,32 +84,12 @@ class MultiVAEModule(VAEModule):
         self.integration_loss = integration_loss
 
         n_cat_list = [n_batch] + list(n_cats_per_cov or [])
-        encoder_cats = n_cat_list if encode_covariates else None
         self.encode_covariates = encode_covariates
-        self.encoders = nn.ModuleList(
-            ModalityEncoder(
-                spec.n_vars + n_continuous_cov * encode_covariates,
-                n_latent,
-                lik,
-                n_cat_list=encoder_cats,
-                n_hidden=n_hidden,
-                n_layers=n_layers,
-                dropout_rate=dropout_rate,
-            )
-            for spec, lik in zip(self.modalities, self.likelihoods)
+        arch = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate}
+        self.encoders = self._modality_encoders(
+            n_latent, n_cat_list, n_continuous_cov, encode_covariates, **arch
         )
-        self.decoders = nn.ModuleList(
-            ModalityDecoder(
-                n_latent + n_continuous_cov,
-                spec.n_vars,
-                lik,
-                n_cat_list=n_cat_list,
-                n_hidden=n_hidden,
-                n_layers=n_layers,
-                dropout_rate=dropout_rate,
-            )
-            for spec, lik in zip(self.modalities, self.likelihoods)
-        )
+        self.decoders = self._modality_decoders(n_latent, n_cat_list, n_continuous_cov, **arch)
         self._init_library_predictors(n_latent, n_cat_list, library_log_means)
 
     # ---------------------------------------------------------------- plumbing
