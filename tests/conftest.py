@@ -11,12 +11,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import torch  # noqa: E402
 
+from _shared_data import SHARED_DATA_DIR, require_shared_data  # noqa: E402
+
 # On small CI machines more threads than cores makes training far slower, not faster.
 torch.set_num_threads(1)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-MISSING_DATA_REASON = "real data folder ../shared/data not found"
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +24,6 @@ def shared_data_dir() -> Path:
     It is returned whether or not it exists; use :func:`require_shared_data` to skip when absent.
     """
     return SHARED_DATA_DIR
-
-
-def require_shared_data(name: str | None = None) -> Path:
-    """Return ``../shared/data`` (or a file in it), skipping the test when it is absent."""
-    if not SHARED_DATA_DIR.is_dir():
-        pytest.skip(MISSING_DATA_REASON)
-    if name is None:
-        return SHARED_DATA_DIR
-    path = SHARED_DATA_DIR / name
-    if not path.exists():
-        pytest.skip(f"real data file ../shared/data/{name} not found")
-    return path
 
 
 @pytest.fixture

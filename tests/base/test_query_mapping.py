@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import mosaicvi as mv
-from mosaicvi.model import MultiVAE
 from mosaicvi.base import IncompatibleReferenceError, transfer_reference_weights
+from mosaicvi.model import MultiVAE
 
 SMALL = {"n_hidden": 32, "n_latent": 8}
 

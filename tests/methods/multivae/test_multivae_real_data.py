@@ -11,7 +11,7 @@ from scipy.stats import pearsonr
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from conftest import require_shared_data
+from _shared_data import require_shared_data
 from mosaicvi.metrics import imputation_scores, knn_overlap, silhouette_label
 from mosaicvi.model import MultiVAE
 from mosaicvi.tools import label_transfer

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require_shared_data
+from _shared_data import REPO_ROOT, require_shared_data
 
 TUTORIALS_DIR = REPO_ROOT / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS_DIR.glob("*.ipynb"))

@@ -1,0 +1,54 @@
+"""Train a registered model for one epoch with Lightning DDP on 2 CPU processes (gloo).
+
+Usage: python tests/contract/ddp_worker.py METHOD OUT_DIR (a name of ``mosaicvi.registry``).
+Lightning re-launches this script once per extra process, so everything here runs in every
+rank; only rank 0 writes the outputs.
+"""
+
+import inspect
+import os
+import sys
+
+import numpy as np
+import torch
+
+import mosaicvi as mv
+
+
+def main(method_name: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    mdata = mv.data.simulate(n_cells=240, n_genes=50, n_proteins=8, n_batches=2, seed=0)
+    cls = mv.registry.get(method_name).model_class()
+    setup_args = inspect.signature(cls.setup_mudata).parameters
+    cls.setup_mudata(
+        mdata,
+        batch_key="batch",
+        **({"labels_key": "cell_type"} if "labels_key" in setup_args else {}),
+    )
+    small = {"n_hidden": 16, "n_components": 10}
+    init_args = inspect.signature(cls.__init__).parameters
+    model = cls(mdata, **{k: v for k, v in small.items() if k in init_args})
+    model.train(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        batch_size=32,
+        early_stopping=True,
+        enable_progress_bar=False,
+        data_loader=os.environ.get("MOSAICVI_DATA_LOADER", "auto"),
+    )
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    if rank == 0:
+        z = model.get_latent_representation()
+        np.savez(
+            os.path.join(out_dir, "result.npz"),
+            z=z,
+            n_latent=int(model.module.n_latent),
+            steps=int(model.trainer.global_step),
+            n_optimizers=len(model.trainer.optimizers),
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
