@@ -35,7 +35,9 @@ except ImportError:
     pass
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# No default "members": with one, Sphinx replaces an explicit ``:members: a, b`` list by all
+# members. Every directive that documents members says ``:members:``.
+autodoc_default_options = {"show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_numpy_docstring = True
@@ -70,6 +72,43 @@ def _copy_tutorials() -> None:
 
 
 _copy_tutorials()
+
+
+def _public_name(cls: type) -> str | None:
+    """``package.Class`` where ``cls`` is importable from a public package (its first one).
+
+    ``mosaicvi.base._outputs.ImputationMixin`` -> ``mosaicvi.base.ImputationMixin``, and
+    likewise for scvi-tools (``scvi.model.base._base_model.BaseModelClass`` ->
+    ``scvi.model.base.BaseModelClass``); ``None`` when no public package exports it.
+    """
+    import importlib
+
+    parts = getattr(cls, "__module__", "").split(".")
+    private = [i for i, part in enumerate(parts) if part.startswith("_")]
+    if not private:
+        return None
+    for end in range(private[0], 0, -1):
+        package = ".".join(parts[:end])
+        try:
+            if getattr(importlib.import_module(package), cls.__name__, None) is cls:
+                return f"{package}.{cls.__name__}"
+        except ImportError:
+            continue
+    return None
+
+
+def _public_bases(app, name, obj, options, bases) -> None:
+    """Show base classes under the names they are documented and imported by."""
+    for i, base in enumerate(bases):
+        public = _public_name(base) if isinstance(base, type) else None
+        if public is not None:
+            bases[i] = f":py:class:`~{public}`"
+
+
+def setup(app) -> None:
+    app.connect("autodoc-process-bases", _public_bases)
+
+
 master_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 

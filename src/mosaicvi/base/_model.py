@@ -30,7 +30,7 @@ class MosaicModel(
     Parameters
     ----------
     mdata
-        MuData registered with :meth:`setup_mudata`.
+        MuData registered with the model class's ``setup_mudata``.
     """
 
     def __init__(self, mdata: MuData):

@@ -19,7 +19,8 @@ class ModalityModule(BaseModuleClass):
     """Base of every mosaicvi module: the modalities and the covariates of a minibatch.
 
     Knows the modalities (their column slices of ``X``) and reads the observed mask and the
-    covariates from a minibatch. Subclasses implement ``inference`` (whose outputs hold
+    covariates from a minibatch. Subclasses set ``n_latent`` (the width of the embedding that
+    ``get_latent_representation`` returns) and implement ``inference`` (whose outputs hold
     ``qz_mean``, ``z`` and ``observed``), ``generative`` and ``loss``.
 
     Parameters

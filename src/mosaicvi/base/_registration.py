@@ -41,7 +41,7 @@ _MAX_SETUPS = 8  # setups remembered per model class (their arguments; one keeps
 
 
 class ModalitiesField(BaseAnnDataField):
-    """The modality layout in the registry: one :class:`ModalitySpec` and feature list each.
+    """The modality layout in the registry: each modality's spec and features.
 
     It holds no per-cell data (nothing reaches the data loaders); its state is what saved models
     and queries are checked against.
@@ -91,7 +91,7 @@ class ModalitiesField(BaseAnnDataField):
 
 
 def registered_specs(registry: dict) -> list[ModalitySpec]:
-    """One :class:`ModalitySpec` per modality of a registry, in model order."""
+    """One :class:`~mosaicvi.data.ModalitySpec` per modality of a registry, in model order."""
     return [ModalitySpec(**d) for d in _compat.field_state(registry, MODALITIES_KEY)["specs"]]
 
 
@@ -353,7 +353,7 @@ class RegistrationMixin:
 
     @property
     def modality_specs(self) -> list[ModalitySpec]:
-        """Registered modalities: name, key in ``mdata.mod``, layer, likelihood, features."""
+        """One :class:`~mosaicvi.data.ModalitySpec` per registered modality, in model order."""
         return registered_specs(self.registry_)
 
     @property

@@ -24,7 +24,7 @@ DataLoaderChoice = Literal["auto", "in_memory", "anndata"]
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """A model's defaults for :meth:`TrainingMixin.train`.
+    """A model's defaults for its ``train()`` method.
 
     Attributes
     ----------

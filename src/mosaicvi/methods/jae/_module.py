@@ -31,12 +31,12 @@ def _mlp(n_in: int, n_out: int, n_hidden: int, n_layers: int, dropout_rate: floa
 class JAEModule(ModalityModule):
     """Deterministic autoencoder over fixed per-modality input features.
 
-    Each modality's counts pass through a :class:`~mosaicvi.nn.ModalityTransform` fitted on the
-    reference (stored as buffers); the encoder reads the concatenated features of a cell's
-    observed modalities (zeros elsewhere) plus its 0/1 modality mask, and the decoder
+    Each modality's counts pass through a :class:`~mosaicvi.methods.jae.ModalityTransform`
+    fitted on the reference (stored as buffers); the encoder reads the concatenated features of a
+    cell's observed modalities (zeros elsewhere) plus its 0/1 modality mask, and the decoder
     reconstructs every observed modality's features from the whole latent. The latent is the
     concatenation of named slices: ``cell_type`` (one logit per cell type), ``batch`` (one logit
-    per batch), ``cell_cycle`` (S and G2M scores) and ``free`` dimensions.
+    per reference batch), ``cell_cycle`` (S and G2M scores) and ``free`` dimensions.
 
     Parameters
     ----------
