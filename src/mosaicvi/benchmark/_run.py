@@ -138,9 +138,128 @@ def semi_supervised(methods: Sequence[str]) -> list[str]:
     return found
 
 
-def _counts(adata: Any, layer: str | None) -> sp.csr_matrix:
-    x = adata.X if layer is None else adata.layers[layer]
-    return sp.csr_matrix(x, dtype=np.float32)
+def _check_task_inputs(
+    mdata: Any, second: str | None, batch_key: str | None, labels_key: str | None
+) -> str:
+    """Validate the modalities and obs columns :func:`prepare_task` uses; returns ``second``."""
+    if RNA not in mdata.mod:
+        raise ValueError(
+            f"the benchmark needs an 'rna' modality; this MuData has {', '.join(mdata.mod)}. "
+            "Rename the RNA modality to 'rna'."
+        )
+    candidates = second_modalities()
+    allowed = " or ".join(map(repr, candidates))
+    others = [m for m in mdata.mod if m != RNA and m in candidates]
+    if second is None:
+        if len(others) != 1:
+            raise ValueError(
+                f"cannot tell which modality to pair with RNA among {', '.join(mdata.mod)}; "
+                f"pass second= {allowed} (--second on the command line)"
+            )
+        second = others[0]
+    if second not in mdata.mod:
+        raise ValueError(f"modality {second!r} not found; this MuData has {', '.join(mdata.mod)}")
+    if second not in candidates:
+        raise ValueError(f"the second modality must be {allowed}, got {second!r}")
+    for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
+        if key is not None and key not in mdata.obs.columns:
+            raise ValueError(
+                f"{what} {key!r} is not a column of mdata.obs (columns: "
+                f"{', '.join(map(str, mdata.obs.columns)) or 'none'}); labels and batches must "
+                "live in mdata.obs, not in a modality's obs"
+            )
+    return second
+
+
+def _paired_cells(
+    mdata: Any, second: str, max_cells: int | None, rng: np.random.Generator
+) -> tuple[pd.Index, int]:
+    """Cells with both RNA and ``second`` (at most ``max_cells``), and the number without."""
+    paired = mdata.mod[RNA].obs_names.intersection(mdata.mod[second].obs_names, sort=False)
+    paired = mdata.obs_names[mdata.obs_names.isin(paired)]
+    n_unpaired = mdata.n_obs - len(paired)
+    if len(paired) < 50:
+        raise ValueError(
+            f"only {len(paired)} cells have both {RNA} and {second}; the benchmark needs at "
+            "least 50 paired cells (it hides one modality in some of them and imputes it)"
+        )
+    if max_cells is not None and len(paired) > max_cells:
+        paired = paired[np.sort(rng.choice(len(paired), size=max_cells, replace=False))]
+    return paired, n_unpaired
+
+
+def _task_mudata(
+    mdata: Any,
+    second: str,
+    paired: pd.Index,
+    batch_key: str | None,
+    labels_key: str | None,
+    layer: str | None,
+) -> tuple[Any, pd.DataFrame]:
+    """A new MuData of the paired cells' counts, with ``batch`` and ``cell_type`` in obs."""
+    import anndata as ad
+    import mudata as md
+
+    mods = {}
+    for name in (RNA, second):
+        adata = mdata.mod[name]
+        if layer is None:
+            use_layer = "counts" if "counts" in adata.layers else None
+        elif layer == "X":
+            use_layer = None
+        elif layer in adata.layers:
+            use_layer = layer
+        else:
+            raise ValueError(
+                f"modality {name!r} has no layer {layer!r} (its layers: "
+                f"{', '.join(adata.layers) or 'none'}); use layer='X' for .X"
+            )
+        sub = adata[paired]
+        x = sp.csr_matrix(sub.X if use_layer is None else sub.layers[use_layer], dtype=np.float32)
+        mods[name] = ad.AnnData(X=x, obs=pd.DataFrame(index=paired), var=adata.var[[]].copy())
+    obs = pd.DataFrame(index=paired)
+    obs["batch"] = (
+        mdata.obs.loc[paired, batch_key].astype(str).to_numpy() if batch_key else "all cells"
+    )
+    if labels_key is not None:
+        labels = mdata.obs.loc[paired, labels_key]
+        obs["cell_type"] = labels.astype(object).where(labels.notna(), np.nan).to_numpy()
+    data = md.MuData(mods)
+    data.obs = obs.copy()
+    return data, obs
+
+
+def _hidden_cells(
+    batches: pd.Series,
+    second: str,
+    holdout_batch: str | None,
+    holdout_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, str]:
+    """Which cells lose their second modality, and a sentence saying so."""
+    counts = batches.value_counts()
+    if holdout_batch is not None:
+        if holdout_batch not in counts.index:
+            raise ValueError(
+                f"holdout batch {holdout_batch!r} not found; batches: {', '.join(counts.index)}"
+            )
+        hidden = (batches == holdout_batch).to_numpy()
+        return hidden, (
+            f"the {second} of batch {holdout_batch!r} ({int(hidden.sum())} cells) is hidden"
+        )
+    if len(counts) >= 2 and (counts >= MIN_HOLDOUT_BATCH_CELLS).sum() >= 2:
+        holdout_batch = str(counts[counts >= MIN_HOLDOUT_BATCH_CELLS].index[-1])
+        hidden = (batches == holdout_batch).to_numpy()
+        return hidden, (
+            f"the {second} of the smallest batch, {holdout_batch!r} ({int(hidden.sum())} cells), "
+            "is hidden"
+        )
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    hidden = np.zeros(len(batches), dtype=bool)
+    n_hidden = max(1, round(holdout_fraction * len(batches)))
+    hidden[rng.choice(len(batches), size=n_hidden, replace=False)] = True
+    return hidden, f"the {second} of a random {holdout_fraction:.0%} of the cells is hidden"
 
 
 def prepare_task(
@@ -191,97 +310,11 @@ def prepare_task(
     -------
     The task and a protocol dict describing the choices made.
     """
-    import anndata as ad
-    import mudata as md
-
     rng = np.random.default_rng(seed)
-    if RNA not in mdata.mod:
-        raise ValueError(
-            f"the benchmark needs an 'rna' modality; this MuData has {', '.join(mdata.mod)}. "
-            "Rename the RNA modality to 'rna'."
-        )
-    candidates = second_modalities()
-    allowed = " or ".join(map(repr, candidates))
-    others = [m for m in mdata.mod if m != RNA and m in candidates]
-    if second is None:
-        if len(others) != 1:
-            raise ValueError(
-                f"cannot tell which modality to pair with RNA among {', '.join(mdata.mod)}; "
-                f"pass second= {allowed} (--second on the command line)"
-            )
-        second = others[0]
-    if second not in mdata.mod:
-        raise ValueError(f"modality {second!r} not found; this MuData has {', '.join(mdata.mod)}")
-    if second not in candidates:
-        raise ValueError(f"the second modality must be {allowed}, got {second!r}")
-    for key, what in ((batch_key, "batch_key"), (labels_key, "labels_key")):
-        if key is not None and key not in mdata.obs.columns:
-            raise ValueError(
-                f"{what} {key!r} is not a column of mdata.obs (columns: "
-                f"{', '.join(map(str, mdata.obs.columns)) or 'none'}); labels and batches must "
-                "live in mdata.obs, not in a modality's obs"
-            )
-
-    paired = mdata.mod[RNA].obs_names.intersection(mdata.mod[second].obs_names, sort=False)
-    paired = mdata.obs_names[mdata.obs_names.isin(paired)]
-    n_unpaired = mdata.n_obs - len(paired)
-    if len(paired) < 50:
-        raise ValueError(
-            f"only {len(paired)} cells have both {RNA} and {second}; the benchmark needs at "
-            "least 50 paired cells (it hides one modality in some of them and imputes it)"
-        )
-    if max_cells is not None and len(paired) > max_cells:
-        paired = paired[np.sort(rng.choice(len(paired), size=max_cells, replace=False))]
-
-    mods = {}
-    for name in (RNA, second):
-        adata = mdata.mod[name]
-        if layer is None:
-            use_layer = "counts" if "counts" in adata.layers else None
-        elif layer == "X":
-            use_layer = None
-        elif layer in adata.layers:
-            use_layer = layer
-        else:
-            raise ValueError(
-                f"modality {name!r} has no layer {layer!r} (its layers: "
-                f"{', '.join(adata.layers) or 'none'}); use layer='X' for .X"
-            )
-        x = _counts(adata[paired], use_layer)
-        mods[name] = ad.AnnData(X=x, obs=pd.DataFrame(index=paired), var=adata.var[[]].copy())
-    obs = pd.DataFrame(index=paired)
-    obs["batch"] = (
-        mdata.obs.loc[paired, batch_key].astype(str).to_numpy() if batch_key else "all cells"
-    )
-    if labels_key is not None:
-        labels = mdata.obs.loc[paired, labels_key]
-        obs["cell_type"] = labels.astype(object).where(labels.notna(), np.nan).to_numpy()
-    data = md.MuData(mods)
-    data.obs = obs.copy()
-
-    batches = obs["batch"]
-    counts = batches.value_counts()
-    if holdout_batch is not None:
-        if holdout_batch not in counts.index:
-            raise ValueError(
-                f"holdout batch {holdout_batch!r} not found; batches: {', '.join(counts.index)}"
-            )
-        hidden = (batches == holdout_batch).to_numpy()
-        how = f"the {second} of batch {holdout_batch!r} ({int(hidden.sum())} cells) is hidden"
-    elif len(counts) >= 2 and (counts >= MIN_HOLDOUT_BATCH_CELLS).sum() >= 2:
-        holdout_batch = str(counts[counts >= MIN_HOLDOUT_BATCH_CELLS].index[-1])
-        hidden = (batches == holdout_batch).to_numpy()
-        how = (
-            f"the {second} of the smallest batch, {holdout_batch!r} ({int(hidden.sum())} cells), "
-            "is hidden"
-        )
-    else:
-        if not 0 < holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-        hidden = np.zeros(len(paired), dtype=bool)
-        n_hidden = max(1, round(holdout_fraction * len(paired)))
-        hidden[rng.choice(len(paired), size=n_hidden, replace=False)] = True
-        how = f"the {second} of a random {holdout_fraction:.0%} of the cells is hidden"
+    second = _check_task_inputs(mdata, second, batch_key, labels_key)
+    paired, n_unpaired = _paired_cells(mdata, second, max_cells, rng)
+    data, obs = _task_mudata(mdata, second, paired, batch_key, labels_key, layer)
+    hidden, how = _hidden_cells(obs["batch"], second, holdout_batch, holdout_fraction, rng)
 
     labels_seen = np.zeros(len(paired), dtype=bool)
     if labels_key is not None:
@@ -301,8 +334,8 @@ def prepare_task(
     protocol = {
         "cells": len(paired),
         "cells_left_out": n_unpaired,
-        "modalities": f"{RNA} ({mods[RNA].n_vars} features) + {second} ({mods[second].n_vars})",
-        "batches": len(counts),
+        "modalities": f"{RNA} ({data[RNA].n_vars} features) + {second} ({data[second].n_vars})",
+        "batches": obs["batch"].nunique(),
         "holdout": how,
         "epochs": int(epochs),
         "seed": seed,
@@ -364,6 +397,46 @@ def _score(task: BenchmarkTask, out: MethodOutput, scored: np.ndarray, observed:
     return {"row": row, "correlations": correlations, "imputed": imputed}
 
 
+def _run_methods(
+    task: BenchmarkTask,
+    methods: Sequence[str],
+    scored_idx: np.ndarray,
+    observed: pd.DataFrame,
+    say: Any,
+) -> tuple[dict, dict, dict, dict, dict]:
+    """Train and score every method: its rows, latents, correlations, imputed values, notes."""
+    import torch
+
+    # numba code (scanpy's neighbours/UMAP) can raise torch's OpenMP thread count behind our
+    # back, which slows CPU training many-fold on a busy machine: restore it before each method
+    threads = torch.get_num_threads()
+    rows, latents, correlations, imputed, notes = {}, {}, {}, {}, {}
+    for key in methods:
+        torch.set_num_threads(threads)
+        method = registry.get(key)
+        name = method.display_name
+        trains = method.kind != "baseline"
+        say(f"{name}: training ({task.epochs} epochs)" if trains else f"{name}: fitting")
+        start = time.perf_counter()
+        try:
+            out = method.run(task)
+            scored_out = _score(task, out, scored_idx, observed)
+        except Exception as exc:  # one failing method must not lose the others
+            notes[name] = [f"failed: {type(exc).__name__}: {exc}"]
+            logger.debug(traceback.format_exc())
+            rows[name] = {}
+            say(f"{name}: failed ({type(exc).__name__}: {exc})")
+            continue
+        rows[name] = scored_out["row"]
+        latents[name] = out.latent
+        notes[name] = out.notes
+        if scored_out["correlations"] is not None:
+            correlations[name] = scored_out["correlations"]
+            imputed[name] = scored_out["imputed"]
+        say(f"{name}: done in {time.perf_counter() - start:.0f} s")
+    return rows, latents, correlations, imputed, notes
+
+
 def run_benchmark(
     task: BenchmarkTask,
     methods: Sequence[str],
@@ -395,8 +468,7 @@ def run_benchmark(
     """
     say = progress or (lambda msg: logger.info(msg))
     protocol = dict(protocol or {})
-    n = task.mdata.n_obs
-    scored = np.ones(n, dtype=bool)
+    scored = np.ones(task.mdata.n_obs, dtype=bool)
     supervised = semi_supervised(methods) if task.labels_key is not None else []
     if supervised:
         scored = ~task.labels_seen
@@ -411,36 +483,9 @@ def run_benchmark(
         task.mdata.obs_names[hidden],
         task.mdata[task.second].var_names,
     )
-
-    import torch
-
-    # numba code (scanpy's neighbours/UMAP) can raise torch's OpenMP thread count behind our
-    # back, which slows CPU training many-fold on a busy machine: restore it before each method
-    threads = torch.get_num_threads()
-    rows, latents, correlations, imputed, notes = {}, {}, {}, {}, {}
-    for key in methods:
-        torch.set_num_threads(threads)
-        method = registry.get(key)
-        name = method.display_name
-        trains = method.kind != "baseline"
-        say(f"{name}: training ({task.epochs} epochs)" if trains else f"{name}: fitting")
-        start = time.perf_counter()
-        try:
-            out = method.run(task)
-            scored_out = _score(task, out, scored_idx, observed)
-        except Exception as exc:  # one failing method must not lose the others
-            notes[name] = [f"failed: {type(exc).__name__}: {exc}"]
-            logger.debug(traceback.format_exc())
-            rows[name] = {}
-            say(f"{name}: failed ({type(exc).__name__}: {exc})")
-            continue
-        rows[name] = scored_out["row"]
-        latents[name] = out.latent
-        notes[name] = out.notes
-        if scored_out["correlations"] is not None:
-            correlations[name] = scored_out["correlations"]
-            imputed[name] = scored_out["imputed"]
-        say(f"{name}: done in {time.perf_counter() - start:.0f} s")
+    rows, latents, correlations, imputed, notes = _run_methods(
+        task, methods, scored_idx, observed, say
+    )
 
     scores = pd.DataFrame.from_dict(rows, orient="index")
     scores.index.name = "method"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 from mosaicvi import registry
 
@@ -57,9 +58,40 @@ def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, threads: int)
     )
 
 
+def _add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """Add the sub-command ``name``, run by ``func``."""
+    command = sub.add_parser(name, help=help, description=description)
+    command.set_defaults(func=func)
+    return command
+
+
+def _add_input_args(
+    p: argparse.ArgumentParser, *, batch_help: str, label_help: str, layer_help: str
+) -> None:
+    """Add ``--batch-key``, ``--label-key`` and ``--layer`` (where the input's batches, labels
+    and raw counts are).
+    """
+    p.add_argument("--batch-key", default=None, help=batch_help)
+    p.add_argument("--label-key", default=None, help=label_help)
+    p.add_argument("--layer", default=None, help=layer_help)
+
+
+def _add_out_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--out", default=default, help=f"output folder (default ./{default})")
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser(
+    demo = _add_command(
+        sub,
         "demo",
+        _demo.run,
         help="simulate a mosaic CITE-seq-like dataset, train a model (MultiVAE), write results",
         description=(
             "Simulate a CITE-seq-like dataset with 3 batches where batch_2 has RNA only, train "
@@ -67,20 +99,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             "metrics.json to --out."
         ),
     )
-    demo.add_argument(
-        "--out", default=DEFAULT_DEMO_OUT, help=f"output folder (default ./{DEFAULT_DEMO_OUT})"
-    )
+    _add_out_arg(demo, DEFAULT_DEMO_OUT)
     _add_model_arg(demo)
     # one thread: this small model gains nothing from more, and loses up to 10x on a busy machine
     _add_training_args(demo, epochs=80, threads=1)
     # small values keep the test-suite fast; not advertised in --help
     demo.add_argument("--n-cells", type=int, default=1500, help=argparse.SUPPRESS)
-    demo.set_defaults(func=_demo.run)
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    fit = sub.add_parser(
+    fit = _add_command(
+        sub,
         "fit",
+        _fit.run,
         help="train a model (MultiVAE, CLUE, JAE, ...) on your .h5mu file and write results",
         description=(
             "Train one of mosaicvi's models (--model) on a MuData file (modalities may cover "
@@ -96,22 +127,13 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         metavar="MOD",
         help="modalities of the file to use (default: all of them)",
     )
-    fit.add_argument(
-        "--batch-key",
-        default=None,
-        help="column of mdata.obs with the batch (default 'batch' when present)",
-    )
-    fit.add_argument(
-        "--label-key",
-        default=None,
-        help="column of mdata.obs with cell types, used for metrics and the figure, and as "
+    _add_input_args(
+        fit,
+        batch_help="column of mdata.obs with the batch (default 'batch' when present)",
+        label_help="column of mdata.obs with cell types, used for metrics and the figure, and as "
         "training labels by semi-supervised models (JAE) (default 'cell_type' when present)",
-    )
-    fit.add_argument(
-        "--layer",
-        default=None,
-        help="layer with the raw counts, in every modality (default: 'counts' where a modality "
-        "has it, else .X); pass X to use .X",
+        layer_help="layer with the raw counts, in every modality (default: 'counts' where a "
+        "modality has it, else .X); pass X to use .X",
     )
     fit.add_argument(
         "--likelihood",
@@ -120,21 +142,20 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         metavar="MOD=NAME",
         help="likelihood per modality, e.g. adt=nb atac=bernoulli (default: the model's choice)",
     )
-    fit.add_argument(
-        "--out", default=DEFAULT_FIT_OUT, help=f"output folder (default ./{DEFAULT_FIT_OUT})"
-    )
+    _add_out_arg(fit, DEFAULT_FIT_OUT)
     fit.add_argument(
         "--early-stopping",
         action="store_true",
         help="stop when the validation loss stops improving",
     )
     _add_training_args(fit, epochs=100, threads=_default_threads())
-    fit.set_defaults(func=_fit.run)
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser(
+    bench = _add_command(
+        sub,
         "benchmark",
+        _benchmark.run,
         help="compare mosaicvi's models with scvi-tools peers on your data; write a report",
         description=(
             "Train several methods on the paired cells of a MuData file (RNA + adt or RNA + atac) "
@@ -164,18 +185,11 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--second", default=None, help="modality paired with rna: adt or atac (default: detected)"
     )
-    bench.add_argument(
-        "--batch-key", default=None, help="column of mdata.obs with the batch (default 'batch')"
-    )
-    bench.add_argument(
-        "--label-key",
-        default=None,
-        help="column of mdata.obs with cell types (default 'cell_type' when present)",
-    )
-    bench.add_argument(
-        "--layer",
-        default=None,
-        help="layer with raw counts (default: 'counts' where present, else .X); X for .X",
+    _add_input_args(
+        bench,
+        batch_help="column of mdata.obs with the batch (default 'batch')",
+        label_help="column of mdata.obs with cell types (default 'cell_type' when present)",
+        layer_help="layer with raw counts (default: 'counts' where present, else .X); X for .X",
     )
     bench.add_argument(
         "--holdout-batch",
@@ -197,7 +211,6 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--threads", type=int, default=_default_threads(), help="CPU threads for torch"
     )
-    bench.set_defaults(func=_benchmark.run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,12 @@ _RENAMED_HUMAN = {"MLF1IP": "CENPU", "FAM64A": "PIMREG", "HN1": "JPT1"}
 _N_BINS = 25
 _GENES_PER_BIN = 10
 
+# Ends every warning of score_cell_cycle.
+_ADVICE = (
+    "Score the cell cycle on all genes (not only highly variable ones) and pass the "
+    "precomputed scores via `cell_cycle_keys`."
+)
+
 
 def _to_mouse(symbol: str) -> str:
     # Mouse gene symbols: first letter upper case, the rest lower case (Mki67, Cdk1, E2f8).
@@ -150,6 +156,72 @@ def _n_bins(n_vars: int) -> int:
     return int(min(_N_BINS, max(2, n_vars // _GENES_PER_BIN)))
 
 
+def _check_selection(
+    counts: Any, names: pd.Index, rows: np.ndarray | None, columns: slice | None
+) -> tuple[Any, np.ndarray, slice, int]:
+    """Validate the shape of ``counts`` against ``names``; returns the counts (an array unless
+    sparse), the selected rows and columns (default: all) and the number of selected cells.
+    """
+    if not sp.issparse(counts):
+        counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {counts.shape}.")
+    rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
+    columns = slice(None) if columns is None else columns
+    n_genes = len(range(*columns.indices(counts.shape[1])))
+    if n_genes != len(names):
+        raise ValueError(
+            f"`counts` has {n_genes} genes (columns) but `var_names` has {len(names)} entries."
+        )
+    return counts, rows, columns, int(len(rows))
+
+
+def _found_genes(
+    names: pd.Index, organism: Literal["human", "mouse"]
+) -> tuple[dict[str, Any], str]:
+    """The ``info`` of :func:`score_cell_cycle` (unscored) and a sentence on the genes found."""
+    s_list, g2m_list = cell_cycle_genes(organism)
+    present = set(names)
+    s_found = _match_genes(s_list, present, organism)
+    g2m_found = _match_genes(g2m_list, present, organism)
+    info: dict[str, Any] = {
+        "organism": organism,
+        "n_s_genes": len(s_found),
+        "n_g2m_genes": len(g2m_found),
+        "s_genes": s_found,
+        "g2m_genes": g2m_found,
+        "scored": False,
+    }
+    found_msg = (
+        f"score_cell_cycle: found {len(s_found)}/{len(s_list)} S-phase and "
+        f"{len(g2m_found)}/{len(g2m_list)} G2/M genes of the Tirosh et al. lists "
+        f"({organism} symbols) in `var_names`"
+    )
+    return info, found_msg
+
+
+def _scanpy_cell_cycle(adata: Any, s_genes: list[str], g2m_genes: list[str]) -> None:
+    """:func:`scanpy.tl.score_genes_cell_cycle` on ``adata`` (in place), without its log
+    messages and keeping numpy's global random state.
+    """
+    import scanpy as sc
+
+    rng_state = np.random.get_state()  # noqa: NPY002 (scanpy reseeds the global generator)
+    verbosity = sc.settings.verbosity
+    try:
+        sc.settings.verbosity = 0  # scanpy otherwise logs every missing control bin
+        sc.tl.score_genes_cell_cycle(
+            adata,
+            s_genes=s_genes,
+            g2m_genes=g2m_genes,
+            n_bins=_n_bins(adata.n_vars),
+            random_state=0,
+        )
+    finally:
+        sc.settings.verbosity = verbosity
+        np.random.set_state(rng_state)  # noqa: NPY002
+
+
 def score_cell_cycle(
     counts: Any,
     var_names: Sequence[str] | pd.Index | np.ndarray,
@@ -201,55 +273,24 @@ def score_cell_cycle(
         columns differs from the length of ``var_names``.
     """
     import anndata as ad
-    import scanpy as sc
 
     names = pd.Index([str(v) for v in var_names])
-    if not sp.issparse(counts):
-        counts = np.asarray(counts)
-    if counts.ndim != 2:
-        raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {counts.shape}.")
-    rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
-    columns = slice(None) if columns is None else columns
-    shape = (len(rows), len(range(*columns.indices(counts.shape[1]))))
-    if shape[1] != len(names):
-        raise ValueError(
-            f"`counts` has {shape[1]} genes (columns) but `var_names` has {len(names)} entries."
-        )
+    counts, rows, columns, n_cells = _check_selection(counts, names, rows, columns)
     if organism is None:
         organism = guess_organism(names)
     organism = _check_organism(organism)
 
-    s_list, g2m_list = cell_cycle_genes(organism)
-    present = set(names)
-    s_found = _match_genes(s_list, present, organism)
-    g2m_found = _match_genes(g2m_list, present, organism)
-    info: dict[str, Any] = {
-        "organism": organism,
-        "n_s_genes": len(s_found),
-        "n_g2m_genes": len(g2m_found),
-        "s_genes": s_found,
-        "g2m_genes": g2m_found,
-        "scored": False,
-    }
-    n_cells = int(shape[0])
+    info, found_msg = _found_genes(names, organism)
+    s_found, g2m_found = info["s_genes"], info["g2m_genes"]
     zeros = np.zeros(n_cells, dtype=np.float64), np.zeros(n_cells, dtype=np.float64)
-    found_msg = (
-        f"score_cell_cycle: found {len(s_found)}/{len(s_list)} S-phase and "
-        f"{len(g2m_found)}/{len(g2m_list)} G2/M genes of the Tirosh et al. lists "
-        f"({organism} symbols) in `var_names`"
-    )
-    advice = (
-        "Score the cell cycle on all genes (not only highly variable ones) and pass the "
-        "precomputed scores via `cell_cycle_keys`."
-    )
     if not s_found or not g2m_found:
         warnings.warn(
-            f"{found_msg}; returning zero S and G2/M scores. {advice}", UserWarning, stacklevel=2
+            f"{found_msg}; returning zero S and G2/M scores. {_ADVICE}", UserWarning, stacklevel=2
         )
         return (*zeros, info)
     if len(s_found) < min_genes or len(g2m_found) < min_genes:
         warnings.warn(
-            f"{found_msg} (fewer than min_genes={min_genes}); the scores are unreliable. {advice}",
+            f"{found_msg} (fewer than min_genes={min_genes}); the scores are unreliable. {_ADVICE}",
             UserWarning,
             stacklevel=2,
         )
@@ -260,29 +301,17 @@ def score_cell_cycle(
     # Duplicated symbols would make scanpy's gene look-up ambiguous.
     adata.var_names = names
     adata.var_names_make_unique()
-    rng_state = np.random.get_state()  # noqa: NPY002 (scanpy reseeds the global generator)
-    verbosity = sc.settings.verbosity
     try:
-        sc.settings.verbosity = 0  # scanpy otherwise logs every missing control bin
-        sc.tl.score_genes_cell_cycle(
-            adata,
-            s_genes=s_found,
-            g2m_genes=g2m_found,
-            n_bins=_n_bins(adata.n_vars),
-            random_state=0,
-        )
+        _scanpy_cell_cycle(adata, s_found, g2m_found)
     except (RuntimeError, ValueError) as err:
         # Only possible when (nearly) every gene is a marker gene: no control genes left.
         warnings.warn(
             f"{found_msg}, but scanpy could not score them ({err}); returning zero S and G2/M "
-            f"scores. {advice}",
+            f"scores. {_ADVICE}",
             UserWarning,
             stacklevel=2,
         )
         return (*zeros, info)
-    finally:
-        sc.settings.verbosity = verbosity
-        np.random.set_state(rng_state)  # noqa: NPY002
     info["scored"] = True
     s_score = adata.obs["S_score"].to_numpy(dtype=np.float64)
     g2m_score = adata.obs["G2M_score"].to_numpy(dtype=np.float64)

@@ -16,6 +16,9 @@ _VALID_MODALITIES = ("rna", "adt", "atac")
 # stream, so e.g. the RNA counts do not change when ADT is added to or removed from `modalities`.
 _STREAMS = ("design", "rna", "adt", "atac")
 
+# Feature names of each modality: "gene_0", "protein_0", "peak_0", ...
+_PREFIXES = {"rna": "gene", "adt": "protein", "atac": "peak"}
+
 
 def simulate(
     n_cells: int = 1200,
@@ -103,26 +106,16 @@ def simulate(
     (600, 600, 405)
     """
     modalities = _check_modalities(modalities)
-    _check_int("n_cells", n_cells, 1)
-    _check_int("n_cell_types", n_cell_types, 1)
-    _check_int("n_batches", n_batches, 1)
-    _check_int("n_genes", n_genes, 1)
-    _check_int("n_proteins", n_proteins, 1)
-    _check_int("n_peaks", n_peaks, 1)
-    _check_int("n_latent", n_latent, 1)
-    _check_int("seed", seed, 0)
-    if n_cells < n_cell_types:
-        raise ValueError(
-            f"n_cells ({n_cells}) must be >= n_cell_types ({n_cell_types}) so that every cell "
-            "type has at least one cell."
-        )
-    if n_cells < n_batches:
-        raise ValueError(
-            f"n_cells ({n_cells}) must be >= n_batches ({n_batches}) so that every batch has at "
-            "least one cell."
-        )
-    if not np.isfinite(batch_effect) or batch_effect < 0:
-        raise ValueError(f"batch_effect must be a finite number >= 0, got {batch_effect!r}.")
+    sizes = {
+        "n_cells": n_cells,
+        "n_cell_types": n_cell_types,
+        "n_batches": n_batches,
+        "n_genes": n_genes,
+        "n_proteins": n_proteins,
+        "n_peaks": n_peaks,
+        "n_latent": n_latent,
+    }
+    _check_numbers(sizes, seed, batch_effect)
     batch_names = [f"batch_{i}" for i in range(n_batches)]
     missing = _check_missing(missing, batch_names, modalities)
 
@@ -135,29 +128,31 @@ def simulate(
         rngs["design"], n_cells, n_cell_types, n_batches, n_latent
     )
     cell_names = pd.Index([f"cell_{i}" for i in range(n_cells)])
-
     generators = {"rna": _simulate_rna, "adt": _simulate_adt, "atac": _simulate_atac}
     n_features = {"rna": n_genes, "adt": n_proteins, "atac": n_peaks}
-    prefixes = {"rna": "gene", "adt": "protein", "atac": "peak"}
-
     adatas = {}
     for mod in modalities:
         counts = generators[mod](rngs[mod], z, batch, n_batches, n_features[mod], batch_effect)
         lacking = [b for b, mods in missing.items() if mod in mods]
         keep = ~np.isin(batch, [batch_names.index(b) for b in lacking])
-        counts = counts[keep]
-        if mod in ("rna", "atac"):
-            x = sparse.csr_matrix(counts, dtype=np.float32)
-        else:
-            x = np.ascontiguousarray(counts, dtype=np.float32)
-        adata = ad.AnnData(
-            X=x,
-            obs=pd.DataFrame(index=cell_names[keep]),
-            var=pd.DataFrame(index=[f"{prefixes[mod]}_{j}" for j in range(n_features[mod])]),
-        )
-        adata.layers["counts"] = x.copy()
-        adatas[mod] = adata
+        adatas[mod] = _modality_adata(mod, counts[keep], cell_names[keep])
 
+    labels = {
+        "batch": pd.Categorical.from_codes(batch, batch_names),
+        "cell_type": pd.Categorical.from_codes(
+            cell_type, [f"type_{k}" for k in range(n_cell_types)]
+        ),
+    }
+    return _to_mudata(adatas, cell_names, z, labels)
+
+
+def _to_mudata(
+    adatas: dict[str, ad.AnnData],
+    cell_names: pd.Index,
+    z: np.ndarray,
+    labels: Mapping[str, pd.Categorical],
+) -> mudata.MuData:
+    """MuData of all ``cell_names`` (in this order) with the true state and the labels in obs."""
     # Passing the global obs (all cells, natural order) makes MuData keep this order, instead of
     # the union of the modalities' obs_names in order of appearance.
     with mudata.set_options(pull_on_update=False):
@@ -168,16 +163,44 @@ def simulate(
         )
         mdata.update()
     # Set the labels explicitly on the global obs (aligned by cell name, not by position).
-    labels = {
-        "batch": pd.Series(pd.Categorical.from_codes(batch, batch_names), index=cell_names),
-        "cell_type": pd.Series(
-            pd.Categorical.from_codes(cell_type, [f"type_{k}" for k in range(n_cell_types)]),
-            index=cell_names,
-        ),
-    }
     for col, values in labels.items():
-        mdata.obs[col] = values.reindex(mdata.obs_names).array
+        mdata.obs[col] = pd.Series(values, index=cell_names).reindex(mdata.obs_names).array
     return mdata
+
+
+def _modality_adata(mod: str, counts: np.ndarray, cell_names: pd.Index) -> ad.AnnData:
+    """AnnData of one modality: ``float32`` counts in ``.X`` and ``.layers["counts"]``."""
+    if mod in ("rna", "atac"):
+        x = sparse.csr_matrix(counts, dtype=np.float32)
+    else:
+        x = np.ascontiguousarray(counts, dtype=np.float32)
+    adata = ad.AnnData(
+        X=x,
+        obs=pd.DataFrame(index=cell_names),
+        var=pd.DataFrame(index=[f"{_PREFIXES[mod]}_{j}" for j in range(counts.shape[1])]),
+    )
+    adata.layers["counts"] = x.copy()
+    return adata
+
+
+def _check_numbers(sizes: Mapping[str, int], seed: int, batch_effect: float) -> None:
+    """Validate the sizes (``n_cells``, ...: integers >= 1), the seed and the batch effect."""
+    for name, value in sizes.items():
+        _check_int(name, value, 1)
+    _check_int("seed", seed, 0)
+    n_cells, n_cell_types, n_batches = sizes["n_cells"], sizes["n_cell_types"], sizes["n_batches"]
+    if n_cells < n_cell_types:
+        raise ValueError(
+            f"n_cells ({n_cells}) must be >= n_cell_types ({n_cell_types}) so that every cell "
+            "type has at least one cell."
+        )
+    if n_cells < n_batches:
+        raise ValueError(
+            f"n_cells ({n_cells}) must be >= n_batches ({n_batches}) so that every batch has at "
+            "least one cell."
+        )
+    if not np.isfinite(batch_effect) or batch_effect < 0:
+        raise ValueError(f"batch_effect must be a finite number >= 0, got {batch_effect!r}.")
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 import warnings
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.stats import rankdata
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Number of features densified and processed at once (bounds memory for sparse inputs).
 _FEATURE_BLOCK = 512
@@ -133,11 +137,30 @@ def _column_correlation(p: np.ndarray, o: np.ndarray, method: str) -> np.ndarray
     return np.clip(r, -1.0, 1.0)
 
 
+# The parameters ``predicted`` and ``observed`` of the scores below, for their docstrings.
+_INPUTS_DOC = """\
+predicted
+    Predicted values, shape ``(n_cells, n_features)``: numpy array, scipy sparse matrix
+    or pandas DataFrame. Typically expected counts (e.g. the mean of the likelihood).
+observed
+    Observed values of the same shape (typically raw counts)."""
+
+
+def _document_inputs(func: _F) -> _F:
+    """Put :data:`_INPUTS_DOC` in place of ``{inputs}`` in ``func``'s docstring."""
+    doc = func.__doc__ or ""  # None under python -OO
+    found = re.search(r"^([ \t]*)\{inputs\}", doc, re.MULTILINE)
+    if found:
+        func.__doc__ = doc.replace(found.group(0), textwrap.indent(_INPUTS_DOC, found.group(1)))
+    return func
+
+
 def _check_method(method: str) -> None:
     if method not in ("pearson", "spearman"):
         raise ValueError(f"`method` must be 'pearson' or 'spearman', got {method!r}.")
 
 
+@_document_inputs
 def per_feature_correlation(
     predicted: Any,
     observed: Any,
@@ -148,11 +171,7 @@ def per_feature_correlation(
 
     Parameters
     ----------
-    predicted
-        Predicted values, shape ``(n_cells, n_features)``: numpy array, scipy sparse matrix
-        or pandas DataFrame. Typically expected counts (e.g. the mean of the likelihood).
-    observed
-        Observed values of the same shape (typically raw counts).
+    {inputs}
     method
         ``"pearson"`` or ``"spearman"`` (Pearson correlation of the ranks, ties averaged).
     log1p
@@ -180,17 +199,14 @@ def per_feature_correlation(
     return pd.Series(out, index=features, name=method)
 
 
+@_document_inputs
 def imputation_scores(predicted: Any, observed: Any, log1p: bool = True) -> dict[str, float]:
     """Agreement between predicted (imputed) and observed feature values.
 
     Parameters
     ----------
-    predicted
-        Predicted values, shape ``(n_cells, n_features)``: numpy array, scipy sparse matrix
-        or pandas DataFrame. Typically expected counts (e.g. the mean of the likelihood).
-    observed
-        Observed values of the same shape (typically raw counts). If both are DataFrames,
-        their index and columns must be identical.
+    {inputs}
+        If both are DataFrames, their index and columns must be identical.
     log1p
         Whether to apply ``log1p`` to both matrices before scoring (both must then be
         non-negative). Use ``False`` for data that is already on a log scale.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from sklearn.metrics import silhouette_samples as _sk_silhouette_samples
@@ -103,6 +103,112 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def _integration_inputs(
+    embedding: Any, labels: Any, batch: Any, modality: Any | None, embedding_pre: Any | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Validated inputs of :func:`integration_scores`: the embedding, the label, batch and
+    modality codes (label -1: missing) and the unintegrated representation.
+    """
+    x = as_embedding(embedding, "embedding", dtype=np.float32)
+    n = x.shape[0]
+    lab_codes, _ = as_labels(labels, "labels", n, allow_missing=True)
+    batch_codes, _ = as_labels(batch, "batch", n, allow_missing=False)
+    mod_codes = None
+    if modality is not None:
+        mod_codes, _ = as_labels(modality, "modality", n, allow_missing=False)
+    x_pre = None
+    if embedding_pre is not None:
+        x_pre = as_embedding(embedding_pre, "embedding_pre", dtype=np.float32)
+        if x_pre.shape[0] != n:
+            raise ValueError(f"`embedding_pre` has {x_pre.shape[0]} cells but `embedding` has {n}.")
+    return x, lab_codes, batch_codes, mod_codes, x_pre
+
+
+class _Labelled(NamedTuple):
+    """The labelled cells: embedding, label and batch codes, and their 90 nearest neighbours."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    batch: np.ndarray
+    neighbors: Any
+
+
+def _bio_scores(
+    cells: _Labelled, clustering: Literal["kmeans", "leiden"], n_jobs: int
+) -> dict[str, float]:
+    """The bio-conservation metrics of :func:`integration_scores`.
+
+    The k-means clustering of scib-metrics changes ``cells.x`` in place (by rounding
+    errors); the metrics computed after it see the changed values.
+    """
+    import scib_metrics
+
+    xl, lab, neigh_lab = cells.x, cells.labels, cells.neighbors
+    out: dict[str, float] = {}
+    out["silhouette_label"] = float(scib_metrics.silhouette_label(xl, lab))
+    out["isolated_labels"] = float(scib_metrics.isolated_labels(xl, lab, cells.batch))
+    if clustering == "kmeans":
+        nmi_ari = scib_metrics.nmi_ari_cluster_labels_kmeans(xl, lab)
+    else:
+        nmi_ari = scib_metrics.nmi_ari_cluster_labels_leiden(
+            neigh_lab.subset_neighbors(min(_K_GRAPH, neigh_lab.n_neighbors)), lab, n_jobs=n_jobs
+        )
+    out["nmi"] = float(nmi_ari["nmi"])
+    out["ari"] = float(nmi_ari["ari"])
+    out["clisi"] = float(scib_metrics.clisi_knn(neigh_lab, lab))
+    return out
+
+
+def _batch_scores(
+    cells: _Labelled,
+    x: np.ndarray,
+    batch_codes: np.ndarray,
+    kbet: bool,
+    x_pre: np.ndarray | None,
+    n_jobs: int,
+) -> dict[str, float]:
+    """The batch-correction metrics of :func:`integration_scores` (two batches or more);
+    ``x`` and ``batch_codes`` are those of all cells.
+    """
+    import scib_metrics
+
+    xl, lab, bat, neigh_lab = cells
+    out: dict[str, float] = {}
+    out["silhouette_batch"] = _silhouette_batch(xl.astype(np.float64), lab, bat)
+    neigh_all = neigh_lab if xl.shape[0] == x.shape[0] else _neighbors(x, _K_LISI, n_jobs)
+    out["ilisi"] = float(scib_metrics.ilisi_knn(neigh_all, batch_codes))
+    out["graph_connectivity"] = float(
+        scib_metrics.graph_connectivity(
+            neigh_lab.subset_neighbors(min(_K_GRAPH, neigh_lab.n_neighbors)), lab
+        )
+    )
+    if kbet:
+        out["kbet"] = float(
+            scib_metrics.kbet_per_label(
+                neigh_lab.subset_neighbors(min(_K_KBET, neigh_lab.n_neighbors)), bat, lab
+            )
+        )
+    if x_pre is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PCR comparison score is negative")
+            out["pcr_comparison"] = float(
+                scib_metrics.pcr_comparison(x_pre, x, batch_codes, categorical=True)
+            )
+    return out
+
+
+def _modality_asw(xl: np.ndarray, lab: np.ndarray, mod: np.ndarray) -> float:
+    """Batch ASW of the labelled cells with the modality group as batch (NaN for one group)."""
+    if len(np.unique(mod)) < 2:
+        warnings.warn(
+            "integration_scores: only one modality group, 'modality_asw' is NaN.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return float("nan")
+    return _silhouette_batch(xl.astype(np.float64), lab, mod)
+
+
 def integration_scores(
     embedding: Any,
     labels: Any,
@@ -189,23 +295,12 @@ def integration_scores(
         contain missing values, fewer than 10 cells or fewer than two distinct labels
         remain, or an option is invalid.
     """
-    import scib_metrics
-
     if clustering not in ("kmeans", "leiden"):
         raise ValueError(f"`clustering` must be 'kmeans' or 'leiden', got {clustering!r}.")
-    x = as_embedding(embedding, "embedding", dtype=np.float32)
+    x, lab_codes, batch_codes, mod_codes, x_pre = _integration_inputs(
+        embedding, labels, batch, modality, embedding_pre
+    )
     n = x.shape[0]
-    lab_codes, _ = as_labels(labels, "labels", n, allow_missing=True)
-    batch_codes, _ = as_labels(batch, "batch", n, allow_missing=False)
-    mod_codes = None
-    if modality is not None:
-        mod_codes, _ = as_labels(modality, "modality", n, allow_missing=False)
-    x_pre = None
-    if embedding_pre is not None:
-        x_pre = as_embedding(embedding_pre, "embedding_pre", dtype=np.float32)
-        if x_pre.shape[0] != n:
-            raise ValueError(f"`embedding_pre` has {x_pre.shape[0]} cells but `embedding` has {n}.")
-
     keep = lab_codes >= 0
     n_lab = int(keep.sum())
     if n_lab < _MIN_CELLS:
@@ -217,28 +312,12 @@ def integration_scores(
             "integration_scores: %d cells without a label dropped for label metrics.", n - n_lab
         )
     xl, lab, bat = x[keep], lab_codes[keep], batch_codes[keep]
-    n_labels = len(np.unique(lab))
-    if n_labels < 2:
+    if len(np.unique(lab)) < 2:
         raise ValueError("integration_scores needs at least two distinct (non-missing) labels.")
     n_batches = len(np.unique(batch_codes))
 
-    neigh_lab = _neighbors(xl, _K_LISI, n_jobs)
-    out: dict[str, float] = {}
-
-    # --- bio conservation -------------------------------------------------------------
-    out["silhouette_label"] = float(scib_metrics.silhouette_label(xl, lab))
-    out["isolated_labels"] = float(scib_metrics.isolated_labels(xl, lab, bat))
-    if clustering == "kmeans":
-        nmi_ari = scib_metrics.nmi_ari_cluster_labels_kmeans(xl, lab)
-    else:
-        nmi_ari = scib_metrics.nmi_ari_cluster_labels_leiden(
-            neigh_lab.subset_neighbors(min(_K_GRAPH, neigh_lab.n_neighbors)), lab, n_jobs=n_jobs
-        )
-    out["nmi"] = float(nmi_ari["nmi"])
-    out["ari"] = float(nmi_ari["ari"])
-    out["clisi"] = float(scib_metrics.clisi_knn(neigh_lab, lab))
-
-    # --- batch correction -------------------------------------------------------------
+    cells = _Labelled(xl, lab, bat, _neighbors(xl, _K_LISI, n_jobs))
+    out = _bio_scores(cells, clustering, n_jobs)
     batch_keys = ["silhouette_batch", "ilisi", "graph_connectivity"]
     if kbet:
         batch_keys.append("kbet")
@@ -254,43 +333,12 @@ def integration_scores(
         for key in batch_keys:
             out[key] = float("nan")
     else:
-        out["silhouette_batch"] = _silhouette_batch(xl.astype(np.float64), lab, bat)
-        neigh_all = neigh_lab if n_lab == n else _neighbors(x, _K_LISI, n_jobs)
-        out["ilisi"] = float(scib_metrics.ilisi_knn(neigh_all, batch_codes))
-        out["graph_connectivity"] = float(
-            scib_metrics.graph_connectivity(
-                neigh_lab.subset_neighbors(min(_K_GRAPH, neigh_lab.n_neighbors)), lab
-            )
-        )
-        if kbet:
-            out["kbet"] = float(
-                scib_metrics.kbet_per_label(
-                    neigh_lab.subset_neighbors(min(_K_KBET, neigh_lab.n_neighbors)), bat, lab
-                )
-            )
-        if x_pre is not None:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="PCR comparison score is negative")
-                out["pcr_comparison"] = float(
-                    scib_metrics.pcr_comparison(x_pre, x, batch_codes, categorical=True)
-                )
+        out.update(_batch_scores(cells, x, batch_codes, kbet, x_pre, n_jobs))
 
     out["bio"] = _nanmean([out[k] for k in BIO_METRICS])
     out["batch"] = _nanmean([out[k] for k in batch_keys])
-    if np.isnan(out["batch"]):
-        out["total"] = out["bio"]
-    else:
-        out["total"] = 0.4 * out["batch"] + 0.6 * out["bio"]
+    out["total"] = out["bio"] if np.isnan(out["batch"]) else 0.4 * out["batch"] + 0.6 * out["bio"]
 
     if mod_codes is not None:
-        mod = mod_codes[keep]
-        if len(np.unique(mod)) < 2:
-            warnings.warn(
-                "integration_scores: only one modality group, 'modality_asw' is NaN.",
-                UserWarning,
-                stacklevel=2,
-            )
-            out["modality_asw"] = float("nan")
-        else:
-            out["modality_asw"] = _silhouette_batch(xl.astype(np.float64), lab, mod)
+        out["modality_asw"] = _modality_asw(xl, lab, mod_codes[keep])
     return out

@@ -311,6 +311,34 @@ def _trajectory_columns(pseudotime: Any, n: int) -> list[np.ndarray]:
     return [_as_vector(arr, "pseudotime", n, allow_nan=True)]
 
 
+def _conservation_scores(
+    x: np.ndarray,
+    batch_codes: np.ndarray,
+    unintegrated: Any | None,
+    s_score: Any | None,
+    g2m_score: Any | None,
+    pseudotime: Any | None,
+) -> dict[str, float]:
+    """Cell-cycle and trajectory conservation of :func:`joint_embedding_scores` (NaN when
+    their inputs are not given).
+    """
+    out: dict[str, float] = {}
+    if unintegrated is not None and s_score is not None:
+        out["cell_cycle_conservation"] = cell_cycle_conservation(
+            x, unintegrated, s_score, g2m_score, batch_codes
+        )
+    else:
+        out["cell_cycle_conservation"] = float("nan")
+    if pseudotime is not None:
+        columns = _trajectory_columns(pseudotime, x.shape[0])
+        out["trajectory_conservation"] = _nanmean(
+            [trajectory_conservation(x, pt) for pt in columns]
+        )
+    else:
+        out["trajectory_conservation"] = float("nan")
+    return out
+
+
 def joint_embedding_scores(
     embedding: Any,
     labels: Any,
@@ -408,18 +436,7 @@ def joint_embedding_scores(
     out["nmi"] = float(nmi_ari["nmi"])
     out["asw_label"] = silhouette_label(xl, lab)
 
-    if unintegrated is not None and s_score is not None:
-        out["cell_cycle_conservation"] = cell_cycle_conservation(
-            x, unintegrated, s_score, g2m_score, batch_codes
-        )
-    else:
-        out["cell_cycle_conservation"] = float("nan")
-
-    if pseudotime is not None:
-        per_traj = [trajectory_conservation(x, pt) for pt in _trajectory_columns(pseudotime, n)]
-        out["trajectory_conservation"] = _nanmean(per_traj)
-    else:
-        out["trajectory_conservation"] = float("nan")
+    out.update(_conservation_scores(x, batch_codes, unintegrated, s_score, g2m_score, pseudotime))
 
     if len(np.unique(bat)) < 2:
         out["asw_batch"] = float("nan")
