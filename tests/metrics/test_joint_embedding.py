@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import require_shared_data
+from _shared_data import require_shared_data
 from mosaicvi.metrics import (
     ERYTHROID_LINEAGE,
     cell_cycle_conservation,

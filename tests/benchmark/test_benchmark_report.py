@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import mosaicvi as mv
-from conftest import require_shared_data
+from _shared_data import require_shared_data
 from mosaicvi.cli import main
 
 

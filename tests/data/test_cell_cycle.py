@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import require_shared_data
+from _shared_data import require_shared_data
 from mosaicvi.data._cell_cycle import (
     G2M_GENES_HUMAN,
     S_GENES_HUMAN,
