@@ -1,11 +1,16 @@
-"""Shared helpers for the benchmarks: data, preparation, threads, memory, workers, reporting.
+"""Shared helpers for the benchmarks: methods, data, preparation, threads, memory, workers, reports.
 
+The methods come from :mod:`mosaicvi.registry` (:func:`registry`, :func:`resolve_methods`,
+:func:`setup_model`): a model registered there appears in every script without editing it.
 The real data lives outside the repository (``../shared/data`` relative to the repository root,
 see that folder's README); it is read from there and never copied.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import inspect
 import json
 import os
 import resource
@@ -13,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +90,133 @@ def reset_peak_rss() -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------- methods
+PEER = "peer"  # --methods alias: the registered peer for the data's second modality
+MODELS = "models"  # --methods alias: every registered mosaicvi model
+
+
+@functools.cache
+def registry():
+    """:mod:`mosaicvi.registry`, read without importing the mosaicvi package (nor torch).
+
+    The file is that of the mosaicvi Python would import: a worker's frozen copy (first on its
+    ``PYTHONPATH``), else the installed one. Loading it by path keeps a parent process free to
+    import the rest of mosaicvi later from a frozen copy (:func:`snapshot_source`).
+    """
+    if "mosaicvi.registry" in sys.modules:
+        return sys.modules["mosaicvi.registry"]
+    spec = importlib.util.find_spec("mosaicvi")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mosaicvi is not importable (install it or set PYTHONPATH)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "registry.py"
+    module_spec = importlib.util.spec_from_file_location("_mosaicvi_registry", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def label(method) -> str:
+    """A method's name in results, tables and worker file names.
+
+    The registry's display name (``MultiVAE``, ``TOTALVI``); baselines keep their key in capitals
+    (``PCA``), the name earlier results and reports use.
+    """
+    return method.name.upper() if method.kind == "baseline" else method.display_name
+
+
+def method_choices(*kinds: str, aliases: bool = True) -> list[str]:
+    """Accepted ``--methods`` values (lower case; parse with ``type=str.lower``).
+
+    Registry keys and display names of the methods of ``kinds`` (all kinds if none), plus the
+    aliases ``peer`` (where peers are included) and ``models``.
+    """
+    choices: list[str] = []
+    for method in registry().methods():
+        if not kinds or method.kind in kinds:
+            choices += [method.name, method.display_name.lower(), label(method).lower()]
+    if aliases:
+        choices += [MODELS] + ([PEER] if not kinds or "peer" in kinds else [])
+    return list(dict.fromkeys(choices))
+
+
+def default_methods(*kinds: str) -> list[str]:
+    """``--methods`` default: every registered method of ``kinds`` in registry order (models,
+    peers, baselines), the peers as the one alias ``peer``."""
+    names = [PEER if m.kind == "peer" else m.name for m in registry().methods() if m.kind in kinds]
+    return list(dict.fromkeys(names))
+
+
+def resolve_methods(tokens, second: str | None = None) -> list:
+    """Registry methods named by ``--methods`` tokens, in the order given, without repeats.
+
+    ``peer`` is the registered peer for ``second`` (skipped when none); ``models`` every
+    registered model. With ``second``, methods that do not handle RNA + ``second`` are dropped.
+    """
+    reg, out = registry(), []
+    for token in tokens:
+        if token == PEER:
+            found = [reg.peer_for(second)] if second is not None else reg.methods("peer")
+        elif token == MODELS:
+            found = reg.models()
+        else:
+            found = [reg.get(token)]
+        for method in found:
+            if method is None or (second is not None and not method.handles(second)):
+                continue
+            if method.name not in [m.name for m in out]:
+                out.append(method)
+    return out
+
+
+def accepted(func, **kwargs) -> dict:
+    """The ``kwargs`` that ``func``'s signature names (model-specific options found generically)."""
+    params = inspect.signature(func).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def takes_labels(model_cls) -> bool:
+    """Whether a model is (semi-)supervised: its ``setup_mudata`` takes ``labels_key``."""
+    return "labels_key" in inspect.signature(model_cls.setup_mudata).parameters
+
+
+def setup_model(model_cls, mdata, modalities, labels=None, batch_key="batch", **setup) -> bool:
+    """Register ``mdata`` with a mosaicvi model class; returns whether it got labels.
+
+    ``labels`` (a column of ``mdata.obs``, or values per cell with NaN for unlabelled cells,
+    written to ``obs["benchmark_label"]``) go only to models whose ``setup_mudata`` takes
+    ``labels_key``; ``setup`` options only where its signature names them. Warnings of the
+    set-up (e.g. JAE: few cell-cycle genes among the features) are silenced.
+    """
+    setup = accepted(model_cls.setup_mudata, **setup)
+    if labels is not None and takes_labels(model_cls):
+        if not isinstance(labels, str):
+            mdata.obs["benchmark_label"] = labels
+            labels = "benchmark_label"
+        setup["labels_key"] = labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model_cls.setup_mudata(mdata, modalities=modalities, batch_key=batch_key, **setup)
+    return "labels_key" in setup
+
+
+def impute(model, modality: str, fallback_library: float, **kwargs):
+    """``get_normalized_expression`` of ``modality`` at each cell's (predicted) library size.
+
+    Models that predict no library sizes (``library_size="latent"`` raises ``ValueError``) give
+    proportions times ``fallback_library``. Returns ``(DataFrame, description of the call)``.
+    """
+    try:
+        values = model.get_normalized_expression(modality=modality, library_size="latent", **kwargs)
+        return values, f"get_normalized_expression(modality={modality!r}, library_size='latent')"
+    except ValueError:
+        values = model.get_normalized_expression(modality=modality, **kwargs) * fallback_library
+        return values, (
+            f"get_normalized_expression(modality={modality!r}) x {fallback_library:.0f} (median "
+            "measured library; the model predicts no library sizes)"
+        )
+
+
 # ---------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -92,24 +225,27 @@ class DatasetSpec:
     key: str
     file: str
     second: str  # key of the second modality ("adt" or "atac")
-    peer: str  # "TOTALVI" or "MULTIVI"
     epochs: int  # default equal epoch budget for the trained methods
     n_hidden_batches: int = 1  # last batches (sorted) whose second modality is hidden
     max_atac_peaks: int | None = None  # keep the most frequently open peaks (all methods)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def peer(self) -> str:
+        """Display name of the registered peer for this data (TOTALVI for adt, MULTIVI for atac)."""
+        return label(registry().peer_for(self.second))
+
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.key: spec
     for spec in [
-        DatasetSpec("bmmc_cite", "neurips2021_bmmc_cite_600.h5mu", "adt", "TOTALVI", 200),
-        DatasetSpec("sln_cite", "mouse_sln_cite_512.h5mu", "adt", "TOTALVI", 200),
-        DatasetSpec("bmmc_multiome", "neurips2021_bmmc_multiome_500.h5mu", "atac", "MULTIVI", 200),
+        DatasetSpec("bmmc_cite", "neurips2021_bmmc_cite_600.h5mu", "adt", 200),
+        DatasetSpec("sln_cite", "mouse_sln_cite_512.h5mu", "adt", 200),
+        DatasetSpec("bmmc_multiome", "neurips2021_bmmc_multiome_500.h5mu", "atac", 200),
         DatasetSpec(
             "snare_cortex",
             "snareseq_mouse_cortex_10k.h5mu",
             "atac",
-            "MULTIVI",
             30,
             n_hidden_batches=3,
             max_atac_peaks=5000,

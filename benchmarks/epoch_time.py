@@ -1,55 +1,70 @@
-"""Seconds per epoch of MultiVAE and TOTALVI at equal data and equal batch size.
+"""Seconds per epoch of the mosaicvi models and TOTALVI at equal data and equal batch size.
 
 The integration benchmark trains every method at its own default batch size (MultiVAE 128,
-TOTALVI 256). This script times both at the same batch sizes, on the same paired CITE-seq data,
-interleaving repeats so that machine load affects both alike.
+TOTALVI 256). This script times every registered model (:mod:`mosaicvi.registry`) and the peer
+at the same batch sizes, on the same paired CITE-seq data, interleaving repeats so that machine
+load affects all alike.
 
     python benchmarks/epoch_time.py [--epochs 40] [--repeats 3] [--batch-sizes 128 256]
+    python benchmarks/epoch_time.py --methods multivae peer     # MultiVAE vs TOTALVI only
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
 
-import mudata as md
 import numpy as np
-import scvi
-import torch
 
-import mosaicvi as mv
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    DATA_DIR,
+    default_methods,
+    label,
+    method_choices,
+    resolve_methods,
+    setup_model,
+)
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+def _totalvi(full):
+    import scvi
 
-def _models(path: Path):
-    full = md.read_h5mu(path)
     rna = full["rna"].copy()
     rna.obs["batch"] = full.obs["batch"].to_numpy()
     rna.obsm["protein"] = np.asarray(full["adt"].X)
     scvi.model.TOTALVI.setup_anndata(rna, protein_expression_obsm_key="protein", batch_key="batch")
-    mv.model.MultiVAE.setup_mudata(full, modalities=["rna", "adt"], batch_key="batch")
-    return {"MultiVAE": lambda: mv.model.MultiVAE(full), "TOTALVI": lambda: scvi.model.TOTALVI(rna)}
+    return lambda: scvi.model.TOTALVI(rna)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="neurips2021_bmmc_cite_600.h5mu")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "mosaicvi", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    scvi.settings.seed = 0
+#: Peers by registry name: set up once, return a constructor.
+PEERS = {"totalvi": _totalvi}
 
-    models = _models(DATA / args.data)
+
+def _models(path: Path, methods) -> dict:
+    """``{display name: constructor}``: each method set up once on its own copy of the data."""
+    import mudata as md
+
+    full = md.read_h5mu(path)
+    builders = {}
+    for method in methods:
+        if method.kind == "peer":
+            if method.name not in PEERS:
+                raise NotImplementedError(f"epoch_time.py has no set-up for {method.display_name}")
+            builders[label(method)] = PEERS[method.name](full)
+            continue
+        cls, mdata = method.model_class(), full.copy()
+        setup_model(cls, mdata, ["rna", "adt"], labels="cell_type")  # labels: if it takes them
+        builders[label(method)] = lambda cls=cls, mdata=mdata: cls(mdata)
+    return builders
+
+
+def _time(models: dict, args) -> dict:
+    """Seconds per epoch of every (model, batch size), repeats interleaved."""
     seconds = {(m, b): [] for b in args.batch_sizes for m in models}
     for _ in range(args.repeats):
         for batch_size in args.batch_sizes:
@@ -64,17 +79,53 @@ def main() -> None:
                     train_size=0.9,
                 )
                 seconds[name, batch_size].append((time.perf_counter() - start) / args.epochs)
+    return seconds
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="neurips2021_bmmc_cite_600.h5mu")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=str.lower,
+        choices=method_choices("model", "peer"),
+        default=default_methods("model", "peer"),
+        metavar="METHOD",
+        help="registered models and the peer (default: every model and TOTALVI)",
+    )
+    args = parser.parse_args()
+    import scvi
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "mosaicvi", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    scvi.settings.seed = 0
+
+    methods = resolve_methods(args.methods, "adt")
+    models = _models(DATA_DIR / args.data, methods)
+    seconds = _time(models, args)
+    peer = next((label(m) for m in methods if m.kind == "peer"), None)
+    ours = [label(m) for m in methods if m.kind != "peer"]
     print(
         f"{args.data}, {args.epochs} epochs, {args.repeats} interleaved repeats, "
         f"{args.threads} torch thread(s); median seconds per epoch\n"
     )
-    print("| batch size | MultiVAE s/epoch | TOTALVI s/epoch | MultiVAE / TOTALVI |")
-    print("|---|---|---|---|")
+    header = ["batch size", *[f"{m} s/epoch" for m in models]]
+    header += [f"{m} / {peer}" for m in ours] if peer else []
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for batch_size in args.batch_sizes:
-        ours = float(np.median(seconds["MultiVAE", batch_size]))
-        peer = float(np.median(seconds["TOTALVI", batch_size]))
-        print(f"| {batch_size} | {ours:.3f} | {peer:.3f} | {ours / peer:.2f} |")
+        median = {m: float(np.median(seconds[m, batch_size])) for m in models}
+        cells = [f"{median[m]:.3f}" for m in models]
+        cells += [f"{median[m] / median[peer]:.2f}" for m in ours] if peer else []
+        print(f"| {batch_size} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Cross-modal matching of paired cells: CLUE vs MultiVAE vs scglue's CLUE, plus CLUE ablations.
+"""Cross-modal matching of paired cells: the mosaicvi models vs scglue's CLUE, plus CLUE ablations.
 
-For every paired dataset each method is trained on all cells (both modalities), then every cell
+The models are those of :mod:`mosaicvi.registry` (MultiVAE, CLUE, JAE; ``--methods`` chooses),
+compared with scglue's published CLUE. For every paired dataset each method is trained on all
+cells (both modalities), then every cell
 is embedded twice, from RNA alone and from the second modality alone, and the two embeddings are
 compared: FOSCTTM (lower is better, random 0.5) and the matching score of a row-normalised
 10-NN matching matrix RNA -> second modality (higher is better, random 1/N).
@@ -29,7 +31,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_DIR, RESULTS_DIR, fmt, markdown_table, set_threads  # noqa: E402
+from _common import (  # noqa: E402
+    DATA_DIR,
+    RESULTS_DIR,
+    fmt,
+    label,
+    markdown_table,
+    method_choices,
+    registry,
+    resolve_methods,
+    set_threads,
+    setup_model,
+)
 
 DATASETS = {
     # key: (file, second modality, epochs)
@@ -38,6 +51,7 @@ DATASETS = {
     "reapseq_pbmc": ("reapseq_pbmc_7488.h5mu", "adt", 12),
     "snare_cortex": ("snareseq_mouse_cortex_10k.h5mu", "atac", 12),
 }
+SCGLUE = "scglue CLUE"  # the peer (not in mosaicvi's registry): --methods scglue
 N_HVG = 2000
 N_PEAKS = 5000
 ABLATION_DATASET = "bmmc_cite"
@@ -110,7 +124,7 @@ def run_mosaicvi(cls, mdata, second, epochs, **kwargs) -> dict:
     import scvi
 
     scvi.settings.seed = 0
-    cls.setup_mudata(mdata, modalities=["rna", second], batch_key="batch")
+    setup_model(cls, mdata, ["rna", second])  # unsupervised: no labels for any model
     model = cls(mdata, **kwargs)
     start = time.perf_counter()
     model.train(max_epochs=epochs, early_stopping=False, enable_progress_bar=False)
@@ -149,28 +163,45 @@ def run_scglue(mdata, second, epochs) -> dict:
     return {**matching(z_rna, z_second), "s_per_epoch": seconds / epochs, "dims": z_rna.shape[1]}
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=str.lower,
+        choices=method_choices("model") + ["scglue"],
+        default=[m.name for m in registry().models()] + ["scglue"],
+        metavar="METHOD",
+        help="registered models (keys or display names; 'models' = all) and 'scglue' "
+        "(default: every model and scglue)",
+    )
     parser.add_argument("--quick", action="store_true", help="2 epochs: code paths only")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--ablation-epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS_DIR / "matching.md"))
-    args = parser.parse_args()
-    threads = set_threads(args.threads)
+    return parser.parse_args(argv)
 
-    import mosaicvi as mv  # noqa: F401  (after threads are set)
-    from mosaicvi.model import CLUE, MultiVAE
 
+def _scglue_version() -> str | None:
     try:
-        import scglue  # noqa: F401
+        import scglue
 
-        scglue_version = scglue.__version__
+        return scglue.__version__
     except Exception as err:  # noqa: BLE001
-        scglue_version = None
         print(f"scglue unavailable: {err}", flush=True)
+        return None
 
+
+def _method_names(tokens) -> list[str]:
+    """Row labels of the chosen methods: registered models in the order given, then scglue."""
+    models = [label(m) for m in resolve_methods([t for t in tokens if t != "scglue"])]
+    return models + ([SCGLUE] if "scglue" in tokens else [])
+
+
+def run_methods(args, names: list[str], scglue_version: str | None) -> tuple[dict, dict, list]:
+    """Every method on every dataset: ``{(dataset, method): result or reason}``."""
     results: dict[tuple[str, str], dict | str] = {}
     notes: list[str] = []
     data_cache = {}
@@ -179,37 +210,44 @@ def main() -> None:
         data_cache[key] = (mdata, second)
         notes += ds_notes
         epochs = 2 if args.quick else DATASETS[key][2]
-        for method in ("CLUE", "MultiVAE", "scglue CLUE"):
-            if method == "scglue CLUE" and not scglue_version:
+        for method in names:
+            if method == SCGLUE and not scglue_version:
                 results[(key, method)] = "not installed"
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {key} {method} ({epochs} epochs)", flush=True)
             try:
-                if method == "scglue CLUE":
+                if method == SCGLUE:
                     r = run_scglue(mdata, second, epochs)
                 else:
-                    cls = CLUE if method == "CLUE" else MultiVAE
+                    cls = registry().get(method).model_class()
                     r = run_mosaicvi(cls, mdata, second, epochs)
                 results[(key, method)] = {**r, "epochs": epochs, "cells": mdata.n_obs}
             except Exception as err:  # noqa: BLE001
                 traceback.print_exc()
                 results[(key, method)] = f"failed: {type(err).__name__}"
             print(f"    {results[(key, method)]}", flush=True)
+    return results, data_cache, notes
 
+
+def run_ablation(args, data_cache: dict) -> dict:
+    """CLUE variants (its own loss weights and options) on the ablation dataset."""
+    if args.no_ablation or ABLATION_DATASET not in data_cache:
+        return {}
+    clue = registry().get("clue").model_class()
+    mdata, second = data_cache[ABLATION_DATASET]
+    epochs = 2 if args.quick else args.ablation_epochs
     ablation = {}
-    if not args.no_ablation and ABLATION_DATASET in data_cache:
-        mdata, second = data_cache[ABLATION_DATASET]
-        epochs = 2 if args.quick else args.ablation_epochs
-        for name, kwargs in ABLATIONS.items():
-            print(f"[{time.strftime('%H:%M:%S')}] ablation {name}", flush=True)
-            ablation[name] = run_mosaicvi(CLUE, mdata, second, epochs, **kwargs)
-            print(f"    {ablation[name]}", flush=True)
+    for name, kwargs in ABLATIONS.items():
+        print(f"[{time.strftime('%H:%M:%S')}] ablation {name}", flush=True)
+        ablation[name] = run_mosaicvi(clue, mdata, second, epochs, **kwargs)
+        print(f"    {ablation[name]}", flush=True)
+    return ablation
 
-    # ---------------------------------------------------------------- report
-    methods = ["CLUE", "MultiVAE", "scglue CLUE"]
+
+def _results_table(args, names: list[str], results: dict) -> str:
     rows = []
     for key in args.datasets:
-        for method in methods:
+        for method in names:
             r = results[(key, method)]
             if isinstance(r, str):
                 rows.append([key, method, r, "n/a", "n/a", "n/a", "n/a"])
@@ -225,69 +263,92 @@ def main() -> None:
                         str(r["epochs"]),
                     ]
                 )
-    table = markdown_table(
+    return markdown_table(
         ["dataset", "method", "FOSCTTM ↓", "matching score ↑", "s/epoch", "dims", "epochs"], rows
     )
+
+
+def _ratio_table(args, names: list[str], results: dict) -> str:
+    """CLUE against scglue's CLUE (the published model it re-implements) and the other models."""
+    clue = registry().get("clue").display_name
+    if clue not in names:
+        return "(CLUE not run)"
+    others = [m for m in names if m not in (clue, SCGLUE)]
     ratio_rows = []
     for key in args.datasets:
-        c, g = results[(key, "CLUE")], results[(key, "scglue CLUE")]
-        m = results[(key, "MultiVAE")]
-        if isinstance(c, dict):
-            ratio_rows.append(
-                [
-                    key,
-                    fmt(c["foscttm"] / g["foscttm"], 2) if isinstance(g, dict) else "n/a",
-                    fmt(c["s_per_epoch"] / g["s_per_epoch"], 2) if isinstance(g, dict) else "n/a",
-                    fmt(c["foscttm"] / m["foscttm"], 2) if isinstance(m, dict) else "n/a",
-                ]
-            )
-    ratios = markdown_table(
+        c, g = results[(key, clue)], results.get((key, SCGLUE))
+        if not isinstance(c, dict):
+            continue
+        row = [
+            key,
+            fmt(c["foscttm"] / g["foscttm"], 2) if isinstance(g, dict) else "n/a",
+            fmt(c["s_per_epoch"] / g["s_per_epoch"], 2) if isinstance(g, dict) else "n/a",
+        ]
+        for other in others:
+            m = results[(key, other)]
+            row.append(fmt(c["foscttm"] / m["foscttm"], 2) if isinstance(m, dict) else "n/a")
+        ratio_rows.append(row)
+    return markdown_table(
         [
             "dataset",
-            "FOSCTTM CLUE / scglue (target ≤ 1)",
-            "s/epoch CLUE / scglue (target ≤ 0.5)",
-            "FOSCTTM CLUE / MultiVAE",
+            f"FOSCTTM {clue} / scglue (target ≤ 1)",
+            f"s/epoch {clue} / scglue (target ≤ 0.5)",
+            *[f"FOSCTTM {clue} / {other}" for other in others],
         ],
         ratio_rows,
     )
-    abl_table = ""
-    if ablation:
-        full = ablation["full (defaults)"]["matching"]
-        abl_table = markdown_table(
-            ["CLUE variant", "FOSCTTM ↓", "matching score ↑", "matching vs full"],
+
+
+def _ablation_table(ablation: dict) -> str:
+    if not ablation:
+        return ""
+    full = ablation["full (defaults)"]["matching"]
+    return markdown_table(
+        ["CLUE variant", "FOSCTTM ↓", "matching score ↑", "matching vs full"],
+        [
             [
-                [
-                    name,
-                    fmt(r["foscttm"], 4),
-                    fmt(r["matching"], 4),
-                    f"{100 * (r['matching'] / full - 1):+.0f}%",
-                ]
-                for name, r in ablation.items()
-            ],
-        )
+                name,
+                fmt(r["foscttm"], 4),
+                fmt(r["matching"], 4),
+                f"{100 * (r['matching'] / full - 1):+.0f}%",
+            ]
+            for name, r in ablation.items()
+        ],
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    threads = set_threads(args.threads)
+    import mosaicvi  # noqa: F401  (after threads are set)
+
+    scglue_version = _scglue_version()
+    names = _method_names(args.methods)
+    results, data_cache, notes = run_methods(args, names, scglue_version)
+    ablation = run_ablation(args, data_cache)
     header = (
         f"# Cross-modal matching (RNA-derived vs second-modality-derived latents)\n\n"
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch threads {threads}, "
         f"load average at end {os.getloadavg()[0]:.1f}; scglue {scglue_version or 'n/a'}.\n"
         f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`\n\n"
         "Each method trained once per dataset on all paired cells, equal epochs, early stopping "
-        "off, package defaults otherwise (scglue: `SCCLUEModel` defaults, NB for every "
-        "modality, batch as `use_batch`, early stopping and LR reduction off). FOSCTTM: "
+        "off, package defaults otherwise, no labels (scglue: `SCCLUEModel` defaults, NB for "
+        "every modality, batch as `use_batch`, early stopping and LR reduction off). FOSCTTM: "
         "`mosaicvi.metrics.foscttm`; matching score: `matching_score(knn_matching_matrix("
         "z_rna, z_second, k=10))` (random = 1/N).\n"
     )
     report = "\n".join(
         [
             header,
-            table,
+            _results_table(args, names, results),
             "",
             "## Ratios",
             "",
-            ratios,
+            _ratio_table(args, names, results),
             "",
             f"## CLUE ablation on {ABLATION_DATASET} ({args.ablation_epochs} epochs)",
             "",
-            abl_table or "(not run)",
+            _ablation_table(ablation) or "(not run)",
             "",
             "Notes: " + ("; ".join(notes) if notes else "none"),
             "",

@@ -1,6 +1,8 @@
 """Training throughput, inference time and memory at scale: mosaicvi models vs scvi-tools peers.
 
-Simulated paired data (sparse counts, generated chunk by chunk, never dense):
+The methods are every model of :mod:`mosaicvi.registry` and the registered peer of each data type
+(``--methods`` chooses). Simulated paired data (sparse counts, generated chunk by chunk, never
+dense):
 
 - ``cite``: RNA 4,000 genes + ADT 200 proteins; peer TOTALVI;
 - ``multiome``: RNA 4,000 genes + ATAC 50,000 peaks (~2% open); peer MULTIVI;
@@ -35,23 +37,29 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS_DIR,
+    accepted,
+    default_methods,
     fmt,
+    label,
     launch_worker,
     markdown_table,
+    method_choices,
     peak_rss_mb,
     ratio,
+    registry,
     reset_peak_rss,
+    resolve_methods,
     rss_mb,
     set_threads,
+    setup_model,
     snapshot_source,
     source_note,
 )
 
 CONFIGS = {
-    "cite": {"second": "adt", "n_second": 200, "peer": "TOTALVI"},
-    "multiome": {"second": "atac", "n_second": 50_000, "peer": "MULTIVI"},
+    "cite": {"second": "adt", "n_second": 200},
+    "multiome": {"second": "atac", "n_second": 50_000},
 }
-METHODS = ("MultiVAE", "CLUE", "JAE", "peer")
 N_GENES, N_TYPES, BATCH_SIZE, N_HIDDEN, N_LATENT = 4000, 10, 128, 128, 16
 INFERENCE_CELLS = 10_000
 
@@ -145,35 +153,48 @@ def _step_timer():
     return StepTimer()
 
 
-def _build(method: str, config: str, mdata):
+def _build_totalvi(mdata, arch: dict):
     import scvi
 
-    import mosaicvi as mv
+    scvi.model.TOTALVI.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "protein_layer": "adt"}, batch_key="batch"
+    )
+    return scvi.model.TOTALVI(mdata, n_layers_encoder=1, n_layers_decoder=1, **arch)
 
-    second = CONFIGS[config]["second"]
+
+def _build_multivi(mdata, arch: dict):
+    import scvi
+
+    scvi.model.MULTIVI.setup_mudata(
+        mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
+    )
+    return scvi.model.MULTIVI(mdata, n_layers_encoder=1, n_layers_decoder=1, **arch)
+
+
+#: Peers by registry name: builder at matched architecture, ``get_normalized_expression`` options.
+PEERS = {
+    "totalvi": (_build_totalvi, {"return_mean": True}),
+    "multivi": (_build_multivi, {}),
+}
+
+
+def _build(method, config: str, mdata):
+    """A registered method at matched width and depth (options its signature accepts)."""
     arch = {"n_hidden": N_HIDDEN, "n_latent": N_LATENT}
-    if method == "TOTALVI":
-        scvi.model.TOTALVI.setup_mudata(
-            mdata, modalities={"rna_layer": "rna", "protein_layer": "adt"}, batch_key="batch"
-        )
-        return scvi.model.TOTALVI(mdata, n_layers_encoder=1, n_layers_decoder=1, **arch)
-    if method == "MULTIVI":
-        scvi.model.MULTIVI.setup_mudata(
-            mdata, modalities={"rna_layer": "rna", "atac_layer": "atac"}, batch_key="batch"
-        )
-        return scvi.model.MULTIVI(mdata, n_layers_encoder=1, n_layers_decoder=1, **arch)
-    if method == "JAE":
-        mv.model.JAE.setup_mudata(
-            mdata,
-            modalities=["rna", second],
-            batch_key="batch",
-            labels_key="cell_type",
-            cell_cycle_keys=None,
-        )
-        return mv.model.JAE(mdata, n_hidden=N_HIDDEN, n_layers=1)
-    cls = getattr(mv.model, method)
-    cls.setup_mudata(mdata, modalities=["rna", second], batch_key="batch")
-    return cls(mdata, n_layers=1, **arch)
+    if method.kind == "peer":
+        return PEERS[method.name][0](mdata, arch)
+    cls = method.model_class()  # semi-supervised models get the cell types
+    second = CONFIGS[config]["second"]
+    setup_model(cls, mdata, ["rna", second], labels="cell_type", cell_cycle_keys=None)
+    return cls(mdata, **accepted(cls.__init__, n_layers=1, **arch))
+
+
+def _expression(method, model, cells) -> None:
+    """``get_normalized_expression`` of RNA for ``cells`` (timed by the caller)."""
+    if method.kind == "peer":
+        model.get_normalized_expression(indices=cells, **PEERS[method.name][1])
+    else:
+        model.get_normalized_expression(indices=cells, modality="rna")
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -183,7 +204,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
     threads = set_threads(args.threads)
     scvi.settings.seed = 0
-    method, config, n_cells = args.worker[0], args.worker[1], int(args.worker[2])
+    name, config, n_cells = args.worker[0], args.worker[1], int(args.worker[2])
+    method = registry().get(name)
     t0 = time.perf_counter()
     mdata = simulate_sparse(config, n_cells)
     simulate_s = time.perf_counter() - t0
@@ -219,15 +241,10 @@ def run_worker(args: argparse.Namespace) -> None:
     z = model.get_latent_representation(indices=cells)
     latent_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if method == "TOTALVI":
-        model.get_normalized_expression(indices=cells, return_mean=True)
-    elif method == "MULTIVI":
-        model.get_normalized_expression(indices=cells)
-    else:
-        model.get_normalized_expression(indices=cells, modality="rna")
+    _expression(method, model, cells)
     expression_s = time.perf_counter() - t0
     meta = {
-        "method": method,
+        "method": name,
         "config": config,
         "n_cells": n_cells,
         "threads": threads,
@@ -254,6 +271,17 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 # ============================================================================ parent
+def _peer(config: str) -> str:
+    return label(registry().peer_for(CONFIGS[config]["second"]))
+
+
+def _is_model(name: str) -> bool:
+    try:
+        return registry().get(name).kind == "model"
+    except KeyError:
+        return False
+
+
 def render(rows: list[dict], run: dict) -> str:
     header = [
         "data",
@@ -276,7 +304,7 @@ def render(rows: list[dict], run: dict) -> str:
         if "cells_per_s" not in r:
             table.append([r["config"], str(r["n_cells"]), r["method"], *(["error"] * 9)])
             continue
-        peer = by_key.get((r["config"], r["n_cells"], CONFIGS[r["config"]]["peer"]))
+        peer = by_key.get((r["config"], r["n_cells"], _peer(r["config"])))
         smallest = by_key.get((r["config"], sizes[0], r["method"]))
         per_cell = 1e6 / r["cells_per_s"]
         scaling = ratio(per_cell, 1e6 / smallest["cells_per_s"]) if smallest else None
@@ -297,10 +325,10 @@ def render(rows: list[dict], run: dict) -> str:
                 fmt(r["expression_s"], 2),
             ]
         )
-        if r["method"] in ("MultiVAE", "CLUE", "JAE") and speedup is not None:
+        if _is_model(r["method"]) and speedup is not None:
             targets.append(
                 f"- {r['config']} {r['n_cells']:,} cells: {r['method']} trains at {speedup:.2f}x "
-                f"{CONFIGS[r['config']]['peer']}'s cells/s (target ≥ 2x: "
+                f"{_peer(r['config'])}'s cells/s (target ≥ 2x: "
                 f"{'MET' if speedup >= 2 else 'NOT MET'})"
             )
         if scaling is not None and r["n_cells"] != sizes[0]:
@@ -337,7 +365,16 @@ def render(rows: list[dict], run: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        type=str.lower,
+        choices=method_choices("model", "peer"),
+        default=default_methods("model", "peer"),
+        metavar="METHOD",
+        help="registered models and peers; 'peer' = the data's peer, 'models' = every model "
+        "(default: all models and the peer)",
+    )
     p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     p.add_argument("--max-steps", type=int, default=150, help="cap on timed minibatches")
     p.add_argument("--threads", type=int, default=2)
@@ -372,8 +409,8 @@ def main(argv=None) -> None:
     rows = []
     for config in args.configs:
         for n_cells in args.sizes:
-            for method in args.methods:
-                name = CONFIGS[config]["peer"] if method == "peer" else method
+            for method in resolve_methods(args.methods, CONFIGS[config]["second"]):
+                name = label(method)
                 elapsed = time.perf_counter() - t_start
                 print(f"[{elapsed:6.0f}s] {config} {n_cells} {name}", flush=True)
                 worker_args = ["--worker", name, config, str(n_cells)]

@@ -16,8 +16,8 @@ import scipy.io
 import scipy.sparse as sp
 
 import mosaicvi as mv
-from conftest import require_shared_data
-from mosaicvi.data import _readers
+from _shared_data import require_shared_data
+from mosaicvi.data._readers import _h5ad
 
 CITE_GEO = "GSE194122_openproblems_neurips2021_cite_BMMC_processed.h5ad"
 MULTIOME_GEO = "GSE194122_openproblems_neurips2021_multiome_BMMC_processed.h5ad"
@@ -125,7 +125,7 @@ def cite_file(cite, tmp_path):
 def test_neurips2021_cite_round_trip(cite, tmp_path, monkeypatch, fmt):
     path = tmp_path / CITE_GEO
     _geo_h5ad(cite, ("rna", "adt"), fmt).write_h5ad(path)
-    monkeypatch.setattr(_readers, "_CHUNK_NNZ", 3000)  # many windows even on small data
+    monkeypatch.setattr(_h5ad, "_CHUNK_NNZ", 3000)  # many windows even on small data
 
     mdata = mv.data.read_neurips2021(path)
 
