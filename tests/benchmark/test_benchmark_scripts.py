@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_sample_size_quick_runs_end_to_end(shared_data, tmp_path):
