@@ -34,6 +34,7 @@ __all__ = [
     "initialize_model",
     "load_saved_files",
     "model_name",
+    "register_for_instance",
     "release_setup_manager",
     "setup_args",
     "setup_method_args",
@@ -101,6 +102,11 @@ def release_setup_manager(cls: type, adata_manager) -> None:
 def forget_instance(cls: type, instance_id: str) -> None:
     """Drop a deleted model's managers (and so its data) from the per-instance store."""
     cls._per_instance_manager_store.pop(instance_id, None)
+
+
+def register_for_instance(model, adata_manager) -> None:
+    """Let a live model read data registered with ``adata_manager`` (its instance store)."""
+    model._register_manager_for_instance(adata_manager)
 
 
 def forget_manager(model, adata_manager) -> None:

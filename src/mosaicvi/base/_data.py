@@ -72,7 +72,7 @@ class DataAccessMixin:
         args = _compat.setup_args(self.registry_)
         _, assembled = self._assemble(mdata, args, False, self.registry_)
         manager = self.adata_manager.transfer_fields(assembled)
-        self._register_manager_for_instance(manager)
+        _compat.register_for_instance(self, manager)
         return manager
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True) -> ad.AnnData:
