@@ -69,3 +69,19 @@ def test_load_refuses_a_folder_of_another_model_class(method, trained, contract,
         cls.load(str(tmp_path / "other"), mdata)
     with pytest.raises(ValueError, match=contract.words(other_cls.__name__, cls.__name__)):
         cls.load_query_data(mdata, str(tmp_path / "other"))
+
+
+def test_load_onto_reordered_features_names_the_modality(method, trained, tmp_path):
+    run = trained(method, "mosaic")
+    run.model.save(tmp_path / "model")
+    mdata = run.case.mdata
+    genes = mdata["rna"].var_names
+    reordered = md.MuData(
+        {
+            name: (adata[:, genes[::-1]].copy() if name == "rna" else adata.copy())
+            for name, adata in mdata.mod.items()
+        }
+    )
+    reordered.obs = mdata.obs.loc[reordered.obs_names].copy()
+    with pytest.raises(ValueError, match=r"(?s)'rna'.*modality_var_names"):
+        method.model_class().load(str(tmp_path / "model"), reordered)
