@@ -30,6 +30,7 @@ def test_query_maps_trains_and_leaves_the_user_data_alone(
     kwargs = {} if spec["unfrozen"] is None else {"unfrozen": spec["unfrozen"]}
 
     query_model = _map(method, contract, ref, query, scenario, **kwargs)
+    assert query_model.is_query and not ref.model.is_query
     contract.fit(query_model, contract.QUERY_EPOCHS["query"], 32, plan_kwargs=QUERY_PLAN)
 
     n_latent = ref.model.get_latent_representation().shape[1]

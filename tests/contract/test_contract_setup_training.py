@@ -38,3 +38,9 @@ def test_model_on_an_unregistered_mudata_is_refused(method, contract):
     case = contract.build("paired", seed=101, cell_prefix="fresh_")  # never set up anywhere
     with pytest.raises(ValueError, match=contract.words("regist", "setup_mudata")):
         method.model_class()(case.mdata, **contract.init_kwargs(method))
+
+
+def test_setup_anndata_points_to_setup_mudata(method, contract):
+    adata = contract.build("paired").mdata["rna"]
+    with pytest.raises(TypeError, match="setup_mudata"):
+        method.model_class().setup_anndata(adata)
