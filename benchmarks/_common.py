@@ -147,6 +147,27 @@ def default_methods(*kinds: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def add_methods_argument(parser, *kinds: str, extra: tuple[str, ...] = (), note: str = "") -> None:
+    """The ``--methods`` option every script has: registered methods of ``kinds`` (+ ``extra``).
+
+    Defaults to every registered method of those kinds (see :func:`default_methods`).
+    """
+    default = default_methods(*kinds) + list(extra)
+    aliases = "'models' = every registered model" + (
+        ", 'peer' = the data's peer" if "peer" in kinds else ""
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        type=str.lower,
+        choices=method_choices(*kinds) + list(extra),
+        default=default,
+        metavar="METHOD",
+        help=f"{note}registered {'/'.join(kinds)} methods (keys or display names, any case); "
+        f"{aliases} (default: {' '.join(default)})",
+    )
+
+
 def resolve_methods(tokens, second: str | None = None) -> list:
     """Registry methods named by ``--methods`` tokens, in the order given, without repeats.
 

@@ -23,9 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DATA_DIR,
-    default_methods,
+    add_methods_argument,
     label,
-    method_choices,
     resolve_methods,
     setup_model,
 )
@@ -89,15 +88,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices("model", "peer"),
-        default=default_methods("model", "peer"),
-        metavar="METHOD",
-        help="registered models and the peer (default: every model and TOTALVI)",
-    )
+    add_methods_argument(parser, "model", "peer")
     args = parser.parse_args()
     import scvi
     import torch

@@ -48,12 +48,11 @@ import _joint  # noqa: E402
 from _common import (  # noqa: E402
     DATASETS,
     RESULTS_DIR,
+    add_methods_argument,
     auto_threads,
-    default_methods,
     fmt,
     label,
     launch_worker,
-    method_choices,
     peak_rss_mb,
     prepare_dataset,
     registry,
@@ -176,16 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="mosaic: the models vs peers with a hidden modality; joint: every registered model, "
         "NeurIPS 2021 joint-embedding score on paired data; all (default): both",
     )
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices(),
-        default=default_methods("model", "peer", "baseline"),
-        metavar="METHOD",
-        help="mosaic task: registered methods (keys or display names, any case); 'peer' = the "
-        "data's peer, 'models' = every registered model (default: all models, peer, pca)",
-    )
+    add_methods_argument(p, "model", "peer", "baseline", note="mosaic task: ")
     p.add_argument(
         "--threads",
         type=int,

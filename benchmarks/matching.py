@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DATA_DIR,
     RESULTS_DIR,
+    add_methods_argument,
     fmt,
     label,
     markdown_table,
-    method_choices,
     registry,
     resolve_methods,
     set_threads,
@@ -166,16 +166,7 @@ def run_scglue(mdata, second, epochs) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices("model") + ["scglue"],
-        default=[m.name for m in registry().models()] + ["scglue"],
-        metavar="METHOD",
-        help="registered models (keys or display names; 'models' = all) and 'scglue' "
-        "(default: every model and scglue)",
-    )
+    add_methods_argument(parser, "model", extra=("scglue",))
     parser.add_argument("--quick", action="store_true", help="2 epochs: code paths only")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--ablation-epochs", type=int, default=60)

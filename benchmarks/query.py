@@ -48,11 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DATASETS,
     RESULTS_DIR,
-    default_methods,
+    add_methods_argument,
     fmt,
     label,
     launch_worker,
-    method_choices,
     prepare_dataset,
     registry,
     resolve_methods,
@@ -118,16 +117,7 @@ def run_worker(args: argparse.Namespace) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", choices=QUERY_DATASETS, default=list(QUERY_DATASETS))
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices("model", "peer"),
-        default=default_methods("model", "peer"),
-        metavar="METHOD",
-        help="registered models and peers (keys or display names, any case); 'peer' = the "
-        "data's peer, 'models' = every registered model (default: all models and the peer)",
-    )
+    add_methods_argument(p, "model", "peer")
     p.add_argument(
         "--ref-epochs",
         type=int,

@@ -58,9 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DATA_DIR,
     RESULTS_DIR,
-    default_methods,
+    add_methods_argument,
     label,
-    method_choices,
     registry,
     resolve_methods,
     set_threads,
@@ -255,16 +254,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices(),
-        default=default_methods("model", "peer", "baseline"),
-        metavar="METHOD",
-        help="registered methods (keys or display names, any case); 'peer' = the data's peer, "
-        "'models' = every registered model (default: all models, peer, pca)",
-    )
+    add_methods_argument(p, "model", "peer", "baseline")
     p.add_argument("--subsamples", type=int, default=5, help="random subsamples per size")
     p.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (1 thread each)")
     p.add_argument("--quick", action="store_true", help="CI smoke run: 1 subsample, tiny sizes")

@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS_DIR,
     accepted,
-    default_methods,
+    add_methods_argument,
     fmt,
     label,
     launch_worker,
     markdown_table,
-    method_choices,
     peak_rss_mb,
     ratio,
     registry,
@@ -365,16 +364,7 @@ def render(rows: list[dict], run: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        type=str.lower,
-        choices=method_choices("model", "peer"),
-        default=default_methods("model", "peer"),
-        metavar="METHOD",
-        help="registered models and peers; 'peer' = the data's peer, 'models' = every model "
-        "(default: all models and the peer)",
-    )
+    add_methods_argument(p, "model", "peer")
     p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     p.add_argument("--max-steps", type=int, default=150, help="cap on timed minibatches")
     p.add_argument("--threads", type=int, default=2)

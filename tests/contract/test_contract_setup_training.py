@@ -44,3 +44,28 @@ def test_setup_anndata_points_to_setup_mudata(method, contract):
     adata = contract.build("paired").mdata["rna"]
     with pytest.raises(TypeError, match="setup_mudata"):
         method.model_class().setup_anndata(adata)
+
+
+def test_registry_holds_the_modality_layout_and_no_per_cell_field(method, trained):
+    # the layout is stored once, in the registry (no "rna:GENE" parsing), and reaches no loader
+    from mosaicvi.base import ModalitiesField, registered_specs
+
+    run = trained(method, "paired")
+    model, mdata = run.model, run.case.mdata
+    assert registered_specs(model.registry_) == model.modality_specs
+    assert model.summary_stats["n_modalities"] == len(mdata.mod)
+    assert "modalities" not in model.adata_manager.data_registry
+    for name in model.modalities:
+        assert list(model.modality_var_names(name)) == list(mdata[name].var_names)
+    field = ModalitiesField(model.modality_specs, {n: mdata[n].var_names for n in mdata.mod})
+    assert field.get_data_registry() == {}
+    assert field.register_field(model.adata)["specs"] == [s.to_dict() for s in model.modality_specs]
+
+
+def test_registered_models_handle_every_second_modality(method):
+    from mosaicvi import registry
+
+    assert method.kind == "model" and registry.get(method.display_name) == method
+    assert all(method.handles(second) for second in ("adt", "atac"))
+    for second in ("adt", "atac"):
+        assert registry.peer_for(second).handles(second)

@@ -332,8 +332,9 @@ class JAE(MosaicModel):
         probabilities = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
         if not soft:
             return np.asarray(names, dtype=object)[probabilities.argmax(1)]
-        with self._data_for(adata) as assembled:
-            obs_names = self._obs_names(assembled, indices)
+        # the assembled data has the MuData's cells in order: no second assembly for the names
+        mdata = self.mdata if adata is None else adata
+        obs_names = mdata.obs_names if indices is None else mdata.obs_names[np.asarray(indices)]
         return pd.DataFrame(probabilities, index=obs_names, columns=names)
 
     def cell_cycle_scores(self, adata: MuData | None = None) -> pd.DataFrame:
