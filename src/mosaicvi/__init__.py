@@ -1,38 +1,19 @@
-"""mosaicvi: probabilistic models for paired and mosaic multimodal single-cell data."""
+"""mosaicvi: probabilistic models for paired and mosaic multimodal single-cell data.
 
+Subpackages are imported on first use (``mv.model``, ``mv.data``, ...), so ``import mosaicvi``
+and the ``mosaicvi`` command answer without loading torch and scvi-tools first.
+"""
+
+import importlib
 import logging
 from importlib.metadata import PackageNotFoundError, version
-
-from . import (
-    base,
-    benchmark,
-    data,
-    dataloaders,
-    distributions,
-    methods,
-    metrics,
-    model,
-    module,
-    nn,
-    registry,
-    tools,
-    train,
-)
 
 try:
     __version__ = version("mosaicvi")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-_logger = logging.getLogger("mosaicvi")
-if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by default
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("mosaicvi: %(message)s"))
-    _logger.addHandler(_handler)
-    _logger.setLevel(logging.INFO)
-    _logger.propagate = False
-
-__all__ = [
+_SUBMODULES = (
     "base",
     "benchmark",
     "data",
@@ -46,5 +27,37 @@ __all__ = [
     "registry",
     "tools",
     "train",
-    "__version__",
-]
+)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SUBMODULES])
+
+
+class _FollowScviVerbosity(logging.Filter):
+    """Show a record only at or above ``scvi.settings.verbosity`` (the ``scvi`` logger's level).
+
+    Before scvi-tools is imported its logger has no level, and mosaicvi's own level applies.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        level = logging.getLogger("scvi").level
+        return level == logging.NOTSET or record.levelno >= level
+
+
+_logger = logging.getLogger("mosaicvi")
+if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by default
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("mosaicvi: %(message)s"))
+    _handler.addFilter(_FollowScviVerbosity())
+    _logger.addHandler(_handler)
+    _logger.setLevel(logging.INFO)
+    _logger.propagate = False
+
+__all__ = [*_SUBMODULES, "__version__"]

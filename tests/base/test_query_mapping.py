@@ -4,6 +4,7 @@ import warnings
 
 import mudata as md
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -31,7 +32,9 @@ def _only(mdata, modality):
 def _accuracy(reference_model, reference, query_model, query):
     z_ref = reference_model.get_latent_representation()
     z_query = query_model.get_latent_representation()
-    transferred = mv.tools.label_transfer(z_ref, reference.obs["cell_type"], z_query)
+    transferred = mv.tools.label_transfer(
+        z_ref, reference.obs["cell_type"], z_query, reference_index=reference.obs_names
+    )
     return float((transferred["label"].to_numpy() == query.obs["cell_type"].astype(str)).mean())
 
 
@@ -222,3 +225,20 @@ def test_saved_and_reloaded_query_keeps_reference_frozen(cite_sim, tmp_path):
     trained = reloaded.module.state_dict()
     for name, old in model.module.state_dict().items():
         assert torch.equal(trained[name][..., : old.shape[-1]], old), name
+
+
+def test_label_transfer_matches_a_labels_series_by_cell_name():
+    rng = np.random.default_rng(1)
+    reference = np.concatenate([rng.normal(0, 0.1, (30, 2)), rng.normal(5, 0.1, (30, 2))])
+    names = pd.Index([f"cell_{i}" for i in range(60)])
+    labels = pd.Series(["a"] * 30 + ["b"] * 30, index=names)
+    shuffled = labels.sample(frac=1.0, random_state=0)  # same labels, another order
+    query = np.array([[0.0, 0.0], [5.0, 5.0]])
+    by_name = mv.tools.label_transfer(reference, shuffled, query, k=10, reference_index=names)
+    assert list(by_name["label"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="reference_index"):
+        mv.tools.label_transfer(reference, shuffled, query, k=10)
+    with pytest.raises(ValueError, match="no label"):
+        mv.tools.label_transfer(reference, shuffled[5:], query, k=10, reference_index=names)
+    positional = mv.tools.label_transfer(reference, shuffled.to_numpy(), query, k=10)
+    assert len(positional) == 2  # an array is read in the latent's order, as documented

@@ -254,3 +254,58 @@ def test_fit_options_a_model_does_not_take_are_clean_errors(model, small_mosaic_
     code = main(["fit", "--data", str(small_mosaic_file), "--model", model, "--n-latent", "4"])
     assert code == 2
     assert "--n-latent does not apply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["demo", "--epochs", "-1"], "--epochs: must be a positive integer"),
+        (["demo", "--epochs", "0"], "--epochs: must be a positive integer"),
+        (["demo", "--threads", "0"], "--threads: must be a positive integer"),
+        (["demo", "--accelerator", "tpu"], "--accelerator: invalid choice: 'tpu'"),
+        (["fit", "--data", "x.h5mu", "--batch-size", "0"], "--batch-size: must be a positive"),
+        (["fit", "--data", "x.h5mu", "--epochs", "ten"], "--epochs: expected a positive integer"),
+        (["fit", "--data", "x.h5mu", "--mmd-weight", "-1"], "--mmd-weight: must be a finite"),
+        (["benchmark", "--data", "x.h5mu", "--max-cells", "0"], "--max-cells: must be a positive"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_bad_numbers_and_choices_are_usage_errors(command, message, capsys):
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_out_that_is_a_file_or_unwritable_is_a_clean_error(small_mosaic_file, tmp_path, capsys):
+    existing = tmp_path / "results.txt"
+    existing.write_text("not a folder")
+    assert main(["demo", "--out", str(existing)]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    under_a_file = existing / "out"
+    code = main(["fit", "--data", str(small_mosaic_file), "--out", str(under_a_file)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot create the folder" in err and "Traceback" not in err, err
+    assert main(["benchmark", "--data", str(small_mosaic_file), "--out", str(existing)]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert existing.read_text() == "not a folder"
+
+
+def test_gpu_accelerator_without_a_gpu_is_a_clean_error(small_mosaic_file, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(small_mosaic_file),
+            "--out",
+            str(tmp_path / "o"),
+            "--accelerator",
+            "gpu",
+        ]
+    )
+    assert code == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err

@@ -5,8 +5,10 @@ save/load, training (one ``train()``), base modules and the training-plan base. 
 scvi-tools internals is in :mod:`mosaicvi.base._compat`.
 """
 
+from ._analysis import AnalysisMixin, NoLikelihoodMixin
+from ._divergence import TrainingDivergedError
 from ._freezing import FrozenReferenceCallback
-from ._model import MosaicModel
+from ._model import MosaicModel, check_architecture
 from ._module import ModalityModule, VAEModule
 from ._outputs import ImputationMixin, LatentMixin
 from ._plan import EpochMetricsMixin, MosaicTrainingPlan, make_optimizer
@@ -15,6 +17,8 @@ from ._surgery import IncompatibleReferenceError, freeze, transfer_reference_wei
 from ._training import DataLoaderChoice, TrainingDefaults, default_max_epochs
 
 __all__ = [
+    "AnalysisMixin",
+    "NoLikelihoodMixin",
     "DataLoaderChoice",
     "EpochMetricsMixin",
     "FrozenReferenceCallback",
@@ -27,7 +31,9 @@ __all__ = [
     "MosaicTrainingPlan",
     "RegisteredModalities",
     "TrainingDefaults",
+    "TrainingDivergedError",
     "VAEModule",
+    "check_architecture",
     "default_max_epochs",
     "freeze",
     "make_optimizer",

@@ -8,8 +8,11 @@ stores) is reached only through this module, so a new scvi-tools release is chec
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
+from pathlib import Path
 
+from scvi import REGISTRY_KEYS
 from scvi.data._constants import (
     _FIELD_REGISTRIES_KEY,
     _MODEL_NAME_KEY,
@@ -23,11 +26,13 @@ from scvi.model._utils import (
     parse_device_args,
     use_distributed_sampler,
 )
+from scvi.model.base._de_core import _de_core
 from scvi.model.base._save_load import _initialize_model, _load_saved_files
 
 __all__ = [
     "BatchDistributedSampler",
     "batch_codes",
+    "differential_core",
     "field_state",
     "forget_instance",
     "forget_manager",
@@ -76,11 +81,59 @@ def batch_codes(adata_manager, categories: Sequence[str]) -> list[int]:
     return _get_batch_code_from_category(adata_manager, list(categories))
 
 
+class _ModalityView:
+    """An ``AnnDataManager`` whose ``X`` is one modality's columns, for scvi-tools' DE.
+
+    ``DifferentialComputation`` reads ``X`` from the manager to estimate pseudocounts; the
+    assembled ``X`` holds every modality side by side, so it is restricted to the tested one.
+    Everything else is the model's manager.
+    """
+
+    def __init__(self, manager, columns):
+        self._manager, self._columns = manager, columns
+
+    def __getattr__(self, name):
+        return getattr(self._manager, name)
+
+    def get_from_registry(self, registry_key: str):
+        values = self._manager.get_from_registry(registry_key)
+        if registry_key == REGISTRY_KEYS.X_KEY:
+            return values[:, self._columns]
+        return values
+
+
+def differential_core(adata_manager, columns, **kwargs):
+    """scvi-tools' differential-expression driver on the features ``columns`` of ``X``."""
+    return _de_core(_ModalityView(adata_manager, columns), **kwargs)
+
+
 def load_saved_files(dir_path: str, prefix: str | None, map_location) -> tuple:
-    """``(attributes, var_names, state_dict)`` of a folder written by ``model.save``."""
-    attr_dict, var_names, state_dict, _ = _load_saved_files(
-        dir_path, False, prefix=prefix, map_location=map_location
-    )
+    """``(attributes, var_names, state_dict)`` of a folder written by ``model.save``.
+
+    A missing, truncated or corrupt file is reported with its path (torch's own errors name
+    neither the file nor the fix).
+    """
+    path = Path(dir_path) / f"{prefix or ''}model.pt"
+    if not path.is_file():
+        found = (
+            sorted(p.name for p in Path(dir_path).glob("*.pt")) if Path(dir_path).is_dir() else []
+        )
+        where = f"{dir_path} does not exist" if not Path(dir_path).exists() else f"{path} is absent"
+        raise FileNotFoundError(
+            f"No saved model: {where}"
+            + (f" (the folder has {found}: pass the matching `prefix=`)" if found else "")
+            + ". Pass the folder written by `model.save(dir_path)`."
+        )
+    try:
+        attr_dict, var_names, state_dict, _ = _load_saved_files(
+            dir_path, False, prefix=prefix, map_location=map_location
+        )
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not a readable saved model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). It is truncated or "
+            "corrupt, e.g. by an interrupted copy: save the model again or copy the folder anew."
+        ) from exc
     state_dict.pop("pyro_param_store", None)
     return attr_dict, var_names, state_dict
 

@@ -46,9 +46,24 @@ class DataAccessMixin:
                 f"`{name}.setup_mudata(mdata, ...)` again and create a new model."
             )
 
+    def _check_trained(self) -> None:
+        """Outputs of a model that was never trained are random: refuse them, as scvi-tools does."""
+        if not (self.is_trained_ or self.reference_weights_only_):
+            name = type(self).__name__
+            what = "query model" if self.is_query else "model"
+            raise RuntimeError(
+                f"This {name} {what} is not trained yet, so its outputs would be random. Call "
+                "`model.train()` first."
+            )
+
     @contextlib.contextmanager
-    def _data_for(self, adata: MuData | None) -> Iterator[ad.AnnData]:
-        """The assembled AnnData for ``adata`` (``None``: the training data), for one call."""
+    def _data_for(self, adata: MuData | None, require_trained: bool = True) -> Iterator[ad.AnnData]:
+        """The assembled AnnData for ``adata`` (``None``: the training data), for one call.
+
+        Model outputs need a trained model; ``require_trained=False`` is for reading data only.
+        """
+        if require_trained:
+            self._check_trained()
         self._prepare_module()
         if adata is None or adata is self._mdata:
             if self._training_data_is_current():
@@ -60,7 +75,6 @@ class DataAccessMixin:
             raise TypeError(
                 f"Pass a mudata.MuData shaped like the training data, got {type(adata).__name__}."
             )
-        self._check_features(adata)
         manager = self._transient_manager(adata)
         try:
             yield manager.adata
@@ -80,25 +94,6 @@ class DataAccessMixin:
         if isinstance(adata, MuData):
             raise TypeError("Internal: resolve a MuData with `model._data_for(mdata)` first.")
         return super()._validate_anndata(adata, copy_if_view)
-
-    def _check_features(self, mdata: MuData) -> None:
-        """Same modalities and the same features, in the same order, as the training data."""
-        for spec in self.modality_specs:
-            if spec.mod_key not in mdata.mod:
-                raise KeyError(
-                    f"Modality {spec.mod_key!r} (model modality {spec.name!r}) is not in this "
-                    f"MuData, which has {list(mdata.mod)}."
-                )
-            given = mdata.mod[spec.mod_key].var_names
-            expected = self.modality_var_names(spec.name)
-            if not given.equals(expected):
-                raise ValueError(
-                    f"The features of modality {spec.name!r} differ from the model's "
-                    f"({len(expected.difference(given))} of {len(expected)} model features "
-                    f"missing, {len(given.difference(expected))} extra, or a different order). "
-                    f"Reorder or subset them to `model.modality_var_names({spec.name!r})`, or "
-                    "map new data with `load_query_data`, which aligns features."
-                )
 
     def _use_modalities(
         self, modalities: str | Sequence[str] | None, observed: np.ndarray

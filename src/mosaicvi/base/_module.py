@@ -9,6 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass
 from scvi.nn import FCLayers
 from torch import nn
+from torch.distributions import Normal
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec
 from mosaicvi.distributions import get_likelihood
@@ -199,6 +200,26 @@ class VAEModule(ModalityModule):
             * mask[:, k]
             for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods))
         }
+
+    @torch.inference_mode()
+    def importance_log_weights(self, tensors: dict, n_samples: int) -> torch.Tensor:
+        """``log p(x | z) + log p(z) - log q(z | x)`` for ``n_samples`` draws, ``(S, n)``.
+
+        ``q`` is each cell's joint posterior over its observed modalities and ``p(z)`` the
+        standard normal prior; ``x`` is scored on the observed modalities only.
+        """
+        inputs = self._get_inference_input(tensors)
+        outputs = self.inference(**inputs)
+        qz = Normal(outputs["qz_mean"], outputs["qz_var"].sqrt())
+        prior = Normal(torch.zeros_like(outputs["qz_mean"]), 1.0)
+        x, covariates, memo = tensors[REGISTRY_KEYS.X_KEY], self._covariates(tensors), {}
+        weights = []
+        for _ in range(n_samples):
+            z = qz.sample()
+            px = self.decode_all(z, outputs["library"], **covariates)
+            nll = sum(self._reconstruction(x, px, outputs["observed"], memo).values())
+            weights.append(-nll + prior.log_prob(z).sum(-1) - qz.log_prob(z).sum(-1))
+        return torch.stack(weights)
 
     def _library_loss(self, tensors: dict, inference_outputs: dict) -> torch.Tensor:
         """Squared error of the library predictors on observed cells (z is not moved by it)."""

@@ -6,6 +6,8 @@ import torch
 from scvi.module.base import BaseModuleClass
 from scvi.train import TrainingPlan
 
+from ._divergence import check_finite
+
 
 def make_optimizer(optimizer_cls: type[torch.optim.Optimizer], params, **kwargs):
     """``optimizer_cls(params, **kwargs)`` with its fused or multi-tensor update where it has one.
@@ -48,6 +50,8 @@ class EpochMetricsMixin:
         for key, value in (loss_output.extra_metrics or {}).items():
             if not isinstance(value, torch.Tensor) or value.dim() == 0:
                 values[key] = value * n_obs  # extra metrics are per-cell means
+        terms = {"loss": loss_output.loss, **values}
+        check_finite(terms, self.current_epoch, self.global_step, mode)
         self.accumulate_epoch_metrics(mode, values, n_obs)
 
     def accumulate_epoch_metrics(self, mode: str, sums: dict, n_obs: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class QueryMixin:
     """
 
     trainable_masks_: dict[str, torch.Tensor] | None = None
+    #: A query without new categories: every weight is the reference's, so outputs are valid
+    #: before query training.
+    reference_weights_only_: bool = False
     #: Default of ``load_query_data(unfrozen=...)``.
     _query_unfrozen_default: bool | Sequence[str] = False
 
@@ -189,6 +193,18 @@ class QueryMixin:
         )
         freeze(model.module, model.trainable_masks_)
         model.module.eval()
+        # without new categories every weight is the reference's: outputs are valid untrained
+        model.reference_weights_only_ = _reference_n_cats(model.registry_) == _reference_n_cats(
+            registry
+        )
+        if not any(p.requires_grad for p in model.module.parameters()):
+            warnings.warn(
+                "The query brings no batch or covariate category the reference lacks, so with "
+                "`unfrozen=False` nothing trains: use the query model as it is (no `train()`), "
+                "or pass `unfrozen=True` to fine-tune the reference on it.",
+                UserWarning,
+                stacklevel=2,
+            )
         return model
 
     @classmethod

@@ -69,18 +69,10 @@ class ModalitiesField(BaseAnnDataField):
 
     def transfer_field(self, state_registry: dict, adata_target, **kwargs) -> dict:  # noqa: D102
         self.validate_field(adata_target)
+        # callers check the user's MuData first (check_same_features); this guards internal use
         for spec in state_registry["specs"]:
-            expected = state_registry["var_names"][spec["name"]]
-            given = self.var_names.get(spec["name"], [])
-            if given != expected:
-                n_missing = len(set(expected) - set(given))
-                raise ValueError(
-                    f"Modality {spec['name']!r} (mdata.mod[{spec['mod_key']!r}]) has "
-                    f"{len(given)} features, the model {len(expected)} ({n_missing} of the "
-                    "model's missing, or another order). Subset and reorder it to "
-                    f"`model.modality_var_names({spec['name']!r})`, or map new data with "
-                    "`load_query_data`, which aligns features."
-                )
+            if self.var_names.get(spec["name"], []) != state_registry["var_names"][spec["name"]]:
+                raise ValueError(f"Internal: features of {spec['name']!r} differ from the model's.")
         return state_registry
 
     def get_summary_stats(self, state_registry: dict) -> dict:  # noqa: D102
@@ -105,6 +97,61 @@ class RegisteredModalities:
     def modality_var_names(self, modality: str) -> pd.Index:
         """Feature names of one modality."""
         return pd.Index(self._var_names[modality])
+
+
+def check_same_features(mdata: MuData, registered) -> None:
+    """``mdata`` has every modality of ``registered`` with the same features, in the same order.
+
+    ``registered`` is a model or a :class:`RegisteredModalities`.
+    """
+    for spec in registered.modality_specs:
+        if spec.mod_key not in mdata.mod:
+            raise KeyError(
+                f"Modality {spec.mod_key!r} (model modality {spec.name!r}) is not in this "
+                f"MuData, which has {list(mdata.mod)}. Map data that lacks a modality with "
+                "`load_query_data`."
+            )
+        given = mdata.mod[spec.mod_key].var_names
+        expected = registered.modality_var_names(spec.name)
+        if given.equals(expected):
+            continue
+        n_missing = len(expected.difference(given))
+        n_extra = len(given.difference(expected))
+        if n_missing or n_extra:
+            detail = f"{n_missing} of the model's {len(expected)} missing, {n_extra} extra"
+        else:
+            detail = "the same features in another order"
+        raise ValueError(
+            f"The features of modality {spec.name!r} (mdata.mod[{spec.mod_key!r}], "
+            f"{len(given)} features) differ from the model's ({detail}). Reorder or subset "
+            f"them to `model.modality_var_names({spec.name!r})`, or map new data with "
+            "`load_query_data`, which aligns features."
+        )
+
+
+def check_known_categories(mdata: MuData, args: dict, registry: dict, model_name: str) -> None:
+    """Every batch and categorical-covariate value of ``mdata`` is one the model was trained on."""
+    columns = {REGISTRY_KEYS.BATCH_KEY: [args["batch_key"]] if args["batch_key"] else []}
+    columns[REGISTRY_KEYS.CAT_COVS_KEY] = list(args["categorical_covariate_keys"] or [])
+    for registry_key, keys in columns.items():
+        state = _compat.field_state(registry, registry_key)
+        for key in keys:
+            if registry_key == REGISTRY_KEYS.BATCH_KEY:
+                known = state.get("categorical_mapping", [])
+            else:
+                known = state.get("mappings", {}).get(key, [])
+            if key not in mdata.obs:
+                continue  # assemble_mosaic names the missing column
+            values = pd.Index(mdata.obs[key].dropna().astype(str).unique())
+            unseen = values.difference(pd.Index(np.asarray(known).astype(str)))
+            if len(unseen):
+                what = "batch" if registry_key == REGISTRY_KEYS.BATCH_KEY else "category"
+                shown = ", ".join(map(repr, list(unseen[:5]))) + (" ..." if len(unseen) > 5 else "")
+                raise ValueError(
+                    f"mdata.obs[{key!r}] has {len(unseen)} {what} value(s) the model was not "
+                    f"trained on ({shown}; it knows {list(map(str, known))}). Map data with new "
+                    f"batches or categories with `{model_name}.load_query_data(mdata, model)`."
+                )
 
 
 @dataclass
@@ -204,7 +251,9 @@ class RegistrationMixin:
                 f"{cls.__name__} works on MuData, got {type(mdata).__name__}. Wrap your "
                 "modalities with `mudata.MuData({'rna': rna, 'adt': adt})`."
             )
-        specs, assembled = cls._assemble(mdata, args, require_observed, source_registry)
+        specs, assembled = cls._assemble(
+            mdata, args, require_observed, source_registry, extend_categories
+        )
         args = {
             **args,
             "modalities": {s.name: s.mod_key for s in specs},
@@ -241,13 +290,22 @@ class RegistrationMixin:
 
     @classmethod
     def _assemble(
-        cls, mdata: MuData, args: dict, require_observed: bool, source_registry: dict | None
+        cls,
+        mdata: MuData,
+        args: dict,
+        require_observed: bool,
+        source_registry: dict | None,
+        extend_categories: bool = False,
     ) -> tuple[list[ModalitySpec], ad.AnnData]:
         """Validate ``mdata`` and assemble it with ``setup_mudata`` arguments ``args``.
 
         ``source_registry`` is the registry of the model whose data this is read for (a query,
-        a loaded model or another MuData passed to a trained model).
+        a loaded model or another MuData passed to a trained model); unless the categories may
+        be extended (a query), ``mdata`` must have the model's features and categories.
         """
+        if source_registry is not None and not extend_categories:
+            check_same_features(mdata, RegisteredModalities(source_registry))
+            check_known_categories(mdata, args, source_registry, cls.__name__)
         specs = build_specs(mdata, args["modalities"], args["layers"], args["likelihoods"])
         assembled = assemble_mosaic(
             mdata,
@@ -365,6 +423,26 @@ class RegistrationMixin:
         """Feature names of one modality, as in the user's MuData."""
         self._check_modality(modality)
         return RegisteredModalities(self.registry_).modality_var_names(modality)
+
+    def _feature_selection(
+        self, modality: str, features: Sequence[str] | None
+    ) -> tuple[np.ndarray | None, pd.Index]:
+        """Positions of ``features`` in a modality (``None``: all) and their names."""
+        names = self.modality_var_names(modality)
+        if features is None:
+            return None, names
+        wanted = pd.Index([features] if isinstance(features, str) else list(features))
+        positions = names.get_indexer(wanted)
+        unknown = wanted[positions < 0]
+        if len(unknown):
+            raise KeyError(
+                f"{len(unknown)} of the requested features are not features of modality "
+                f"{modality!r} (e.g. {list(unknown[:5])}); see `model.modality_var_names"
+                f"({modality!r})`."
+            )
+        if len(wanted) == 0:
+            raise ValueError("`features` is empty; pass at least one feature name, or None.")
+        return positions, names[positions]
 
     def _check_modality(self, modality: str) -> int:
         if modality not in self.modalities:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -9,13 +11,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import anndata as ad
+import numpy as np
 import scipy.sparse as sp
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 from scvi.model.base import UnsupervisedTrainingMixin
+from scvi.train import TrainingPlan
 
 from mosaicvi.dataloaders import InMemoryDataLoader, InMemoryDataSplitter
 
 from . import _compat
+from ._divergence import DivergenceGuard
 
 logger = logging.getLogger("mosaicvi")
 
@@ -54,6 +59,29 @@ class TrainingDefaults:
     clip_in_plan: bool = False
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+
+
+def check_training_arguments(max_epochs, batch_size, train_size, validation_size) -> None:
+    """Reject values Lightning or the data splitter would read as something else (or hang on)."""
+    if max_epochs is not None and not _positive_int(max_epochs):
+        raise ValueError(
+            f"max_epochs must be a positive integer, got {max_epochs!r} (Lightning reads -1 as "
+            "'train forever'). Pass e.g. `max_epochs=100`, or None for the default rule."
+        )
+    if batch_size is not None and not _positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not 0 < train_size <= 1:
+        raise ValueError(f"train_size must be in (0, 1], got {train_size!r}.")
+    if validation_size is not None and not (0 <= validation_size < 1):
+        raise ValueError(f"validation_size must be in [0, 1), got {validation_size!r}.")
+    if validation_size is not None and train_size + validation_size > 1:
+        raise ValueError(
+            f"train_size + validation_size must be at most 1, got {train_size} + {validation_size}."
+        )
+
+
 def default_max_epochs(n_cells: int) -> int:
     """scvi-tools' rule: fewer epochs for more cells, between 20 and 400."""
     return int(min(400, max(20, round(20_000 / n_cells * 400))))
@@ -71,6 +99,15 @@ def _fits_in_memory(adata: ad.AnnData, fraction: float = 0.25) -> bool:
     except (ValueError, OSError, AttributeError):  # not a POSIX system: assume it fits
         return True
     return needed < fraction * available
+
+
+def _named_parameters(function) -> set[str]:
+    """Names a function accepts explicitly (``**kwargs`` does not count)."""
+    return {
+        name
+        for name, p in inspect.signature(function).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
 
 class TrainingMixin:
@@ -127,6 +164,7 @@ class TrainingMixin:
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
+        check_training_arguments(max_epochs, batch_size, train_size, validation_size)
         self._check_training_data_unchanged()
         self._prepare_module()
         if self.is_query and not any(p.requires_grad for p in self.module.parameters()):
@@ -144,26 +182,54 @@ class TrainingMixin:
             "n_epochs_kl_warmup": max(1, min(50, max_epochs // 4)),
             **(plan_kwargs or {}),
         }
+        self._check_plan_kwargs(plan_kwargs)
         early_stopping = defaults.early_stopping if early_stopping is None else early_stopping
         self._use_data_loader(data_loader)
+        guard = DivergenceGuard()
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), guard]
         self._prepare_trainer_kwargs(trainer_kwargs, plan_kwargs)
         if defaults.validate_every_epoch and train_size < 1.0:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         if train_size >= 1.0 and early_stopping:
             logger.info("train_size=1 leaves no validation cells; early stopping is disabled.")
             early_stopping = False
-        return UnsupervisedTrainingMixin.train(
-            self,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=defaults.batch_size if batch_size is None else batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
-        )
+        try:
+            return UnsupervisedTrainingMixin.train(
+                self,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=defaults.batch_size if batch_size is None else batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                **trainer_kwargs,
+            )
+        except ValueError as exc:
+            diverged = guard.translate(exc)
+            if diverged is None:
+                raise
+            raise diverged from exc
+
+    def _check_plan_kwargs(self, plan_kwargs: Mapping[str, object]) -> None:
+        """Every plan option is one the training plan or the module's loss takes."""
+        accepted = _named_parameters(self.module.loss)
+        for klass in self._training_plan_cls.__mro__:
+            if "__init__" in vars(klass):
+                accepted |= _named_parameters(klass.__init__)
+            if klass is TrainingPlan:
+                break
+        accepted -= {"self", "module", "tensors", "inference_outputs", "generative_outputs"}
+        unknown = [name for name in plan_kwargs if name not in accepted]
+        if unknown:
+            hints = {n: difflib.get_close_matches(n, accepted, n=1) for n in unknown}
+            hint = "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
+            raise TypeError(
+                f"Unknown plan_kwargs {unknown} for {type(self).__name__}"
+                + (f" ({hint})" if hint else "")
+                + f". Accepted: {sorted(accepted)}."
+            )
 
     def _prepare_trainer_kwargs(self, trainer_kwargs: dict, plan_kwargs: dict) -> None:
         """Callbacks, DDP and early-stopping settings shared by the models (in place)."""

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._common import CLIError, clean_message, configure_runtime, say
+from ._common import CLIError, clean_message, configure_runtime, prepare_out_dir, say
 from ._inputs import check_h5mu_path, read_mudata, resolve_obs_key
 
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; exit code 1 when every method failed."""
     t_start = time.perf_counter()
     path = check_h5mu_path(Path(args.data), "mosaicvi benchmark")
-    out = Path(args.out)
+    out = prepare_out_dir(args.out)
     args.accelerator = "auto"
     configure_runtime(args)
     from mosaicvi import benchmark

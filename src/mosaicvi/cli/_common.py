@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 LATENT_KEY = "X_mosaicvi"
@@ -18,6 +20,33 @@ DEFAULT_MODEL = "multivae"
 
 class CLIError(Exception):
     """A user-facing error: printed as ``error: ...`` and turned into exit code 2."""
+
+
+def prepare_out_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``--out`` (checked before any work starts)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is an existing file, not a folder; pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: the folder is not writable; pass a folder you can write to")
+    return out
+
+
+def check_accelerator(accelerator: str) -> None:
+    """A GPU accelerator needs a GPU (Lightning's own error is a traceback)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CLIError(
+            f"--accelerator {accelerator}: no CUDA GPU is available on this machine; use "
+            "--accelerator cpu (or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise CLIError("--accelerator mps: MPS is not available on this machine; use cpu")
 
 
 def say(msg: str) -> None:
@@ -56,6 +85,7 @@ def configure_runtime(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    check_accelerator(getattr(args, "accelerator", "auto"))
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)

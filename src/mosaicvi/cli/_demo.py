@@ -6,15 +6,16 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import CLIError, configure_runtime, say
+from ._common import CLIError, configure_runtime, prepare_out_dir, say
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command."""
     t_start = time.perf_counter()
-    configure_runtime(args)
     if args.n_cells < 60:
         raise CLIError("--n-cells must be at least 60")
+    prepare_out_dir(args.out)
+    configure_runtime(args)
     import mosaicvi.data as mv_data
 
     from ._pipeline import FitSpec, run_pipeline

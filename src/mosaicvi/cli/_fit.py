@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._common import CLIError, configure_runtime, say
+from ._common import CLIError, configure_runtime, prepare_out_dir, say
 from ._inputs import check_h5mu_path, read_mudata, resolve_obs_key
 
 
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == path.resolve().parent and path.name == "latent.h5mu":
         raise CLIError("--out would overwrite the input file; choose another folder")
     likelihoods = parse_likelihoods(args.likelihood)
+    prepare_out_dir(out)
     configure_runtime(args)
     mdata = read_mudata(path)
 

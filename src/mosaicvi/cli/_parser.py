@@ -11,6 +11,30 @@ from mosaicvi import registry
 from . import _benchmark, _demo, _fit
 from ._common import DEFAULT_BENCHMARK_OUT, DEFAULT_DEMO_OUT, DEFAULT_FIT_OUT, DEFAULT_MODEL
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1, for argparse (which turns the error into exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
 
 def _default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
@@ -30,31 +54,40 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser, *, epochs: int, threads: int) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    p.add_argument(
+        "--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--n-latent",
-        type=int,
+        type=positive_int,
         default=None,
         help="latent dimensions, for models that take n_latent (default: the model's)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=None, help="minibatch size (default: the model's)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="minibatch size (default: the model's)",
     )
     p.add_argument(
         "--accelerator",
         default="auto",
+        choices=ACCELERATORS,
         help="Lightning accelerator: auto (GPU when present), cpu, gpu, ... (default auto)",
     )
     p.add_argument(
         "--mmd-weight",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="weight of the MMD batch-integration penalty, for models trained with one "
         "(MultiVAE; default: the model's default)",
     )
     p.add_argument(
-        "--threads", type=int, default=threads, help=f"CPU threads for torch (default {threads})"
+        "--threads",
+        type=positive_int,
+        default=threads,
+        help=f"CPU threads for torch (default {threads})",
     )
 
 
@@ -104,7 +137,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     # one thread: this small model gains nothing from more, and loses up to 10x on a busy machine
     _add_training_args(demo, epochs=80, threads=1)
     # small values keep the test-suite fast; not advertised in --help
-    demo.add_argument("--n-cells", type=int, default=1500, help=argparse.SUPPRESS)
+    demo.add_argument("--n-cells", type=positive_int, default=1500, help=argparse.SUPPRESS)
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -198,18 +231,18 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "a random 20%% of cells when there is one batch)",
     )
     bench.add_argument(
-        "--max-cells", type=int, default=None, help="subsample to at most this many cells"
+        "--max-cells", type=positive_int, default=None, help="subsample to at most this many cells"
     )
     bench.add_argument("--out", default=DEFAULT_BENCHMARK_OUT, help="output folder")
     bench.add_argument(
         "--epochs",
-        type=int,
+        type=positive_int,
         default=None,
         help="epochs for every neural method (default: 40,000 / cells, between 20 and 200)",
     )
     bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     bench.add_argument(
-        "--threads", type=int, default=_default_threads(), help="CPU threads for torch"
+        "--threads", type=positive_int, default=_default_threads(), help="CPU threads for torch"
     )
 
 

@@ -98,16 +98,21 @@ def train(
         f"training {name} for {args.epochs} epochs (accelerator {args.accelerator}, "
         f"{threads()} CPU threads)"
     )
+    from mosaicvi.base import TrainingDivergedError
+
     t0 = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        accelerator=args.accelerator,
-        devices="auto",
-        early_stopping=early_stopping,
-        plan_kwargs=plan_kwargs or None,
-        **given(batch_size=args.batch_size),
-        **quiet_trainer_kwargs(),
-    )
+    try:
+        model.train(
+            max_epochs=args.epochs,
+            accelerator=args.accelerator,
+            devices="auto",
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs or None,
+            **given(batch_size=args.batch_size),
+            **quiet_trainer_kwargs(),
+        )
+    except TrainingDivergedError as exc:
+        raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
     epochs_run = epochs_run_of(model, default=args.epochs)
     say(f"trained {epochs_run} epochs in {seconds:.1f} s")

@@ -139,6 +139,24 @@ def default_likelihood(name: str, matrix) -> str:
     return "nb" if _is_integer_valued(_values(matrix)) else "normal"
 
 
+def validate_features(name: str, mod_key: str, var_names: pd.Index) -> None:
+    """A modality needs at least one feature and unique feature names."""
+    if len(var_names) == 0:
+        raise ValueError(
+            f"Modality {name!r} (mdata.mod[{mod_key!r}]) has no features. Drop it from "
+            "`modalities`, or check the subsetting that emptied it."
+        )
+    if not var_names.is_unique:
+        repeated = var_names[var_names.duplicated()].unique()
+        shown = ", ".join(map(repr, list(repeated[:5]))) + (" ..." if len(repeated) > 5 else "")
+        raise ValueError(
+            f"Modality {name!r} (mdata.mod[{mod_key!r}]) has {len(repeated)} duplicated feature "
+            f"names ({shown}). Make them unique first, e.g. "
+            f"`mdata.mod[{mod_key!r}].var_names_make_unique()` followed by `mdata.update()`, or "
+            "aggregate the duplicated features."
+        )
+
+
 def validate_matrix(name: str, matrix, likelihood: str) -> None:
     """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods."""
     values = _values(matrix)
@@ -259,11 +277,14 @@ def build_specs(
 ) -> list[ModalitySpec]:
     """Resolve modality names, layers and likelihoods, validating each modality's data."""
     mapping = resolve_modalities(mdata, modalities)
+    if mdata.n_obs == 0:
+        raise ValueError("The MuData has no cells (mdata.n_obs == 0).")
     names = list(mapping)
     layer_of = _as_name_mapping(layers, names, "`layers`")
     likelihood_of = _as_name_mapping(likelihoods, names, "`likelihoods`")
     specs = []
     for name, key in mapping.items():
+        validate_features(name, key, mdata.mod[key].var_names)
         matrix = modality_matrix(mdata, key, layer_of[name])
         likelihood = likelihood_of[name] or default_likelihood(name, matrix)
         if likelihood not in LIKELIHOODS:

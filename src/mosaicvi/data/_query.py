@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
-from ._mosaic import ModalitySpec, modality_matrix
+from ._mosaic import ModalitySpec, modality_matrix, validate_features
 
 MIN_FEATURE_OVERLAP = 0.5
 
@@ -65,6 +65,8 @@ def prepare_query(
     """
     if not isinstance(query, MuData):
         raise TypeError(f"Expected a mudata.MuData query, got {type(query).__name__}.")
+    if query.n_obs == 0:
+        raise ValueError("The query MuData has no cells (query.n_obs == 0); nothing to map.")
     specs = reference.modality_specs
     known = {spec.mod_key for spec in specs}
     if not known & set(query.mod):
@@ -92,6 +94,7 @@ def prepare_query(
             continue
         mod = query.mod[spec.mod_key]
         given = mod.var_names
+        validate_features(spec.name, spec.mod_key, given)
         n_shared = int(given.isin(expected).sum())
         if n_shared < min_overlap * len(expected):
             raise ValueError(

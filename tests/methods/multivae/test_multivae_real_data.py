@@ -134,6 +134,7 @@ def test_query_donor_maps_onto_reference(cite_reference, kind):
         model.get_latent_representation(),
         reference.obs["cell_type"],
         query_model.get_latent_representation(),
+        reference_index=reference.obs_names,
     )
     truth = query.obs["cell_type"].astype(str).to_numpy()
     accuracy = float((transferred["label"].to_numpy() == truth).mean())

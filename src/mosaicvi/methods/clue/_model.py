@@ -6,14 +6,20 @@ from typing import Literal
 
 from mudata import MuData
 
-from mosaicvi.base import ImputationMixin, MosaicModel, TrainingDefaults
+from mosaicvi.base import (
+    AnalysisMixin,
+    ImputationMixin,
+    MosaicModel,
+    TrainingDefaults,
+    check_architecture,
+)
 from mosaicvi.distributions import get_likelihood
 
 from ._module import CLUEModule
 from ._plan import AdversarialTrainingPlan
 
 
-class CLUE(ImputationMixin, MosaicModel):
+class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
     """Cross-linked unified embedding: one latent sub-space per modality, cross-encoders.
 
     The embedding of a cell is the concatenation of K sub-spaces of ``n_latent`` dimensions,
@@ -96,6 +102,7 @@ class CLUE(ImputationMixin, MosaicModel):
         adversarial_weight: float | None = None,
         encode_covariates: bool = True,
     ):
+        check_architecture(locals())
         super().__init__(adata)
         specs = self.modality_specs
         chromatin = self._has_chromatin()

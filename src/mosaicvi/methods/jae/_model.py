@@ -14,8 +14,9 @@ from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data.fields import LabelsWithUnlabeledObsField, ObsmField
 
-from mosaicvi.base import MosaicModel, TrainingDefaults
+from mosaicvi.base import MosaicModel, NoLikelihoodMixin, TrainingDefaults, check_architecture
 from mosaicvi.base._output import collect_rows
+from mosaicvi.base._outputs import check_library_size
 from mosaicvi.base._registration import locals_without
 from mosaicvi.data import ModalitySpec
 from mosaicvi.data._constants import OBSERVED_OBSM_KEY
@@ -29,7 +30,7 @@ from ._transforms import TRANSFORMS
 LatentSlice = Literal["cell_type", "batch", "cell_cycle", "free"]
 
 
-class JAE(MosaicModel):
+class JAE(NoLikelihoodMixin, MosaicModel):
     """Autoencoder with a latent regularised by cell type, batch and cell-cycle phase.
 
     The winning joint-embedding method of the NeurIPS 2021 multimodal benchmark. Each modality
@@ -123,6 +124,7 @@ class JAE(MosaicModel):
         modality_dropout: float = 0.2,
         n_batch_slice: int | None = None,
     ):
+        check_architecture(locals())
         super().__init__(adata)
         specs = self.modality_specs
         transforms = self._resolve_transforms(specs, input_transforms)
@@ -275,6 +277,7 @@ class JAE(MosaicModel):
         give_mean: bool = True,
         batch_size: int | None = None,
         latent_slice: LatentSlice | None = None,
+        return_dist: bool = False,
     ) -> np.ndarray:
         """Whole latent (default) or one named slice.
 
@@ -284,6 +287,8 @@ class JAE(MosaicModel):
             As in :meth:`mosaicvi.model.MultiVAE.get_latent_representation`.
         give_mean
             Ignored: the autoencoder is deterministic.
+        return_dist
+            Not available: the latent is deterministic (a clear error).
         latent_slice
             ``"cell_type"`` (logits, columns :attr:`cell_type_names`), ``"batch"``,
             ``"cell_cycle"`` (S, G2M) or ``"free"``; ``None`` for the whole latent.
@@ -294,6 +299,11 @@ class JAE(MosaicModel):
         """
         if latent_slice is not None and latent_slice not in LATENT_SLICES:
             raise ValueError(f"latent_slice must be one of {LATENT_SLICES} or None.")
+        if return_dist:
+            raise ValueError(
+                "JAE's latent is deterministic (an autoencoder): there is no posterior "
+                "distribution to return. Use return_dist=False."
+            )
         latent = super().get_latent_representation(adata, indices, modality, True, batch_size)
         return (
             latent if latent_slice is None else latent[:, self.module.latent_slices[latent_slice]]
@@ -339,7 +349,7 @@ class JAE(MosaicModel):
 
     def cell_cycle_scores(self, adata: MuData | None = None) -> pd.DataFrame:
         """S and G2M scores the model used (given or computed at setup); NaN where absent."""
-        with self._data_for(adata) as assembled:
+        with self._data_for(adata, require_trained=False) as assembled:
             scores = assembled.obsm[CELL_CYCLE_OBSM_KEY]
             obs_names = assembled.obs_names
         values = np.where(scores[:, [2]] > 0, scores[:, :2], np.nan)
@@ -358,6 +368,7 @@ class JAE(MosaicModel):
         batch_size: int | None = None,
         from_modalities: str | Sequence[str] | None = None,
         out: str | os.PathLike | None = None,
+        features: str | Sequence[str] | None = None,
     ) -> pd.DataFrame | ad.AnnData:
         """Expression of one modality reconstructed from the latent (approximate imputation).
 
@@ -368,7 +379,7 @@ class JAE(MosaicModel):
 
         Parameters
         ----------
-        adata, indices, modality, batch_size, from_modalities, out
+        adata, indices, modality, batch_size, from_modalities, out, features
             As in :meth:`mosaicvi.model.MultiVAE.get_normalized_expression`.
         library_size
             Scale of the proportions (1: rows sum to 1).
@@ -383,9 +394,9 @@ class JAE(MosaicModel):
                 "JAE is deterministic and its decoder is not conditioned on batch: leave "
                 "transform_batch=None, n_samples=1 and return_mean=True."
             )
-        if isinstance(library_size, str):
-            raise ValueError("JAE takes a numeric library_size (it predicts no library sizes).")
+        check_library_size(library_size, allow_latent=False)  # JAE predicts no library sizes
         k = self._check_modality(modality)
+        columns, var_names = self._feature_selection(modality, features)
         with self._data_for(adata) as assembled:
             use = self._use_modalities(from_modalities, self._observed(assembled, indices))
             loader = self._make_data_loader(adata=assembled, indices=indices, batch_size=batch_size)
@@ -396,7 +407,8 @@ class JAE(MosaicModel):
                         **self.module._get_inference_input(tensors), use_modalities=use
                     )
                     values = self.module.proportions(k, outputs["qz_mean"]) * float(library_size)
-                    yield values.cpu().numpy()
+                    values = values.cpu().numpy()
+                    yield values if columns is None else values[:, columns]
 
             obs_names = self._obs_names(assembled, indices)
-            return collect_rows(blocks(), obs_names, self.modality_var_names(modality), out)
+            return collect_rows(blocks(), obs_names, var_names, out)

@@ -6,13 +6,19 @@ from typing import Literal
 
 from mudata import MuData
 
-from mosaicvi.base import ImputationMixin, MosaicModel, TrainingDefaults
+from mosaicvi.base import (
+    AnalysisMixin,
+    ImputationMixin,
+    MosaicModel,
+    TrainingDefaults,
+    check_architecture,
+)
 
 from ._module import MultiVAEModule
 from ._plan import MultiVAETrainingPlan
 
 
-class MultiVAE(ImputationMixin, MosaicModel):
+class MultiVAE(AnalysisMixin, ImputationMixin, MosaicModel):
     """Multimodal VAE for paired and mosaic data (product or mixture of experts, MMD).
 
     Each modality has its own encoder and decoder; a cell's joint posterior combines the experts
@@ -75,6 +81,7 @@ class MultiVAE(ImputationMixin, MosaicModel):
         unimodal_weight: float = 1.0,
         encode_covariates: bool = True,
     ):
+        check_architecture(locals())
         super().__init__(adata)
         specs = self.modality_specs
         self.module = self._module_cls(
