@@ -40,15 +40,24 @@ def __dir__():
     return sorted([*globals(), *_SUBMODULES])
 
 
+#: The level of the ``mosaicvi`` logger until a user sets one: just below INFO, it means
+#: "follow ``scvi.settings.verbosity``".
+_FOLLOW_SCVI = logging.INFO - 1
+
+
 class _FollowScviVerbosity(logging.Filter):
     """Show a record only at or above ``scvi.settings.verbosity`` (the ``scvi`` logger's level).
 
-    Before scvi-tools is imported its logger has no level, and mosaicvi's own level applies.
+    Only while the ``mosaicvi`` logger keeps its default level: a level set by the user
+    (``logging.getLogger("mosaicvi").setLevel(logging.INFO)``) wins. Before scvi-tools is
+    imported its logger has no level, and INFO applies.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        level = logging.getLogger("scvi").level
-        return level == logging.NOTSET or record.levelno >= level
+        if logging.getLogger("mosaicvi").level != _FOLLOW_SCVI:
+            return True
+        level = logging.getLogger("scvi").level or logging.INFO
+        return record.levelno >= level
 
 
 _logger = logging.getLogger("mosaicvi")
@@ -57,7 +66,7 @@ if not _logger.handlers:  # show setup choices (likelihoods, observed cells) by 
     _handler.setFormatter(logging.Formatter("mosaicvi: %(message)s"))
     _handler.addFilter(_FollowScviVerbosity())
     _logger.addHandler(_handler)
-    _logger.setLevel(logging.INFO)
+    _logger.setLevel(_FOLLOW_SCVI)
     _logger.propagate = False
 
 __all__ = [*_SUBMODULES, "__version__"]

@@ -8,7 +8,6 @@ normalised values, so its statistics and columns are scvi-tools' (``lfc_mean``,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,8 +22,6 @@ from mosaicvi.data._constants import MODALITY_VAR_COLUMN, OBSERVED_OBSM_KEY
 from mosaicvi.distributions import get_likelihood
 
 from . import _compat
-
-logger = logging.getLogger("mosaicvi")
 
 _GROUP_COLUMN = "_mosaicvi_de_group"  # temporary column of the model's own assembled obs
 

@@ -99,6 +99,7 @@ def configure_runtime(args: argparse.Namespace) -> None:
 
     scvi.settings.seed = args.seed
     scvi.settings.verbosity = logging.WARNING
+    logging.getLogger("mosaicvi").setLevel(logging.INFO)  # setup choices stay visible
 
 
 def threads() -> int:
