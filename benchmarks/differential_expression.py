@@ -167,10 +167,10 @@ def main() -> None:
     summary["total"] = summary.sum(1)
     print(f"\nMarkers among the top {TOP} up-regulated proteins per group (mean over seeds), "
           f"{FILE}, {epochs} epochs, seeds {list(seeds)}:\n")  # fmt: skip
-    print(summary.round(2).to_markdown())
+    print(summary.round(2).to_string())
     last = table[table["seed"] == 0].set_index(["method", "group"])["top"]
     print("\nTop proteins, seed 0:\n")
-    print(last.map(", ".join).to_markdown())
+    print(last.map(", ".join).to_string())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "differential_expression.json").write_text(
