@@ -25,9 +25,11 @@ def divergence_message(what: str, epoch: int | None, step: int | None) -> str:
 def check_finite(
     terms: Mapping[str, torch.Tensor], epoch: int, step: int, mode: str = "train"
 ) -> None:
-    """Raise :class:`TrainingDivergedError` naming the terms of one step that are not finite.
+    """Raise :class:`TrainingDivergedError` naming the terms that are not finite.
 
-    One device synchronisation per call: the terms are reduced to one flag first.
+    One device synchronisation per call: the terms are reduced to one flag first. The plans
+    call it every step on CPU and, on an accelerator, once per epoch on the epoch sums (a
+    check every step would make each step wait for the host).
     """
     values = torch.stack([torch.as_tensor(v).detach().float().sum() for v in terms.values()])
     finite = torch.isfinite(values)

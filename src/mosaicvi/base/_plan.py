@@ -50,8 +50,9 @@ class EpochMetricsMixin:
         for key, value in (loss_output.extra_metrics or {}).items():
             if not isinstance(value, torch.Tensor) or value.dim() == 0:
                 values[key] = value * n_obs  # extra metrics are per-cell means
-        terms = {"loss": loss_output.loss, **values}
-        check_finite(terms, self.current_epoch, self.global_step, mode)
+        if self.device.type == "cpu":  # per step; on an accelerator that would sync each step
+            terms = {"loss": loss_output.loss, **values}
+            check_finite(terms, self.current_epoch, self.global_step, mode)
         self.accumulate_epoch_metrics(mode, values, n_obs)
 
     def accumulate_epoch_metrics(self, mode: str, sums: dict, n_obs: int) -> None:
@@ -80,6 +81,8 @@ class EpochMetricsMixin:
         totals = torch.cat([sums, sums.new_tensor([n_obs, n_steps])])
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         sums, n_obs, n_steps = totals[:-2], totals[-2], totals[-1]
+        if self.device.type != "cpu":  # one check per epoch, when the sums are logged anyway
+            check_finite(dict(zip(names, sums)), self.current_epoch, self.global_step, mode)
         means = {name: sums[i] / n_obs for i, name in enumerate(names)}
         if "kl_global" in means:  # a per-minibatch quantity, as in scvi-tools' ElboMetric
             means["kl_global"] = sums[names.index("kl_global")] / n_steps
