@@ -143,3 +143,22 @@ def test_differential_expression_follows_the_data_in_a_mosaic(method, trained, c
         )
     with pytest.raises(KeyError, match=contract.words("no_such_column")):
         run.model.differential_expression(groupby="no_such_column", modality="adt")
+
+
+def test_importance_weights_and_the_modality_view_of_the_data(method, trained, contract):
+    from scvi import REGISTRY_KEYS
+
+    from mosaicvi.base import _compat
+
+    run = trained(method, "paired")
+    if not _has_likelihood(run.model):
+        pytest.skip(f"{method.name} has no likelihood")
+    model = run.model
+    loader = model._make_data_loader(adata=model.adata, indices=np.arange(10), batch_size=10)
+    log_w = model.module.importance_log_weights(next(iter(loader)), 4)
+    assert log_w.shape == (4, 10) and bool(log_w.isfinite().all())
+    # what scvi-tools' DE reads as X: the tested modality's columns only
+    columns = np.flatnonzero(model.adata.var["modality"].to_numpy() == "adt")
+    view = _compat._ModalityView(model.adata_manager, columns)
+    assert view.get_from_registry(REGISTRY_KEYS.X_KEY).shape == (model.adata.n_obs, len(columns))
+    assert view.adata is model.adata_manager.adata  # everything else is the model's manager

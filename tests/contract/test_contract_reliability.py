@@ -239,3 +239,19 @@ def test_a_query_of_known_batches_is_usable_without_training(method, query_refer
     assert latent.shape[0] == query.n_obs and np.isfinite(latent).all()
     with pytest.raises(ValueError, match=contract.words("frozen", "unfrozen=True")):
         mapped.train(max_epochs=1, **QUIET)
+
+
+def test_the_divergence_guard_reports_where_a_forward_pass_failed():
+    from types import SimpleNamespace
+
+    from mosaicvi.base import TrainingDivergedError
+    from mosaicvi.base._divergence import DivergenceGuard
+
+    guard = DivergenceGuard()
+    guard.on_train_batch_start(SimpleNamespace(current_epoch=3, global_step=41), None, None, 0)
+    failure = ValueError("Expected parameter loc (Tensor) ... but found invalid values: nan")
+    translated = guard.translate(failure)
+    assert isinstance(translated, TrainingDivergedError)
+    assert "epoch 3, step 41" in str(translated) and "learning rate" in str(translated)
+    assert guard.translate(ValueError("something else")) is None
+    assert guard.translate(KeyError("found invalid values")) is None
