@@ -26,6 +26,11 @@ from . import _compat
 _GROUP_COLUMN = "_mosaicvi_de_group"  # temporary column of the model's own assembled obs
 
 
+def _counts_or_binary(likelihood) -> bool:
+    """Count (library-scaled) or binary data: sparse draws, testable by DE."""
+    return likelihood.uses_library or likelihood.name == "bernoulli"
+
+
 class AnalysisMixin:
     """ELBO, reconstruction error, marginal likelihood, posterior predictive samples and DE.
 
@@ -150,22 +155,17 @@ class AnalysisMixin:
             raise ValueError(f"n_samples must be at least 1, got {n_samples}.")
         k = self._check_modality(modality)
         likelihood = get_likelihood(self.modality_specs[k].likelihood)
+        sparse_output = _counts_or_binary(likelihood)
         blocks = []
         with self._data_for(adata) as assembled:
             loader = self._make_data_loader(adata=assembled, indices=indices, batch_size=batch_size)
+            if len(loader.indices) == 0:
+                raise ValueError("`indices` selects no cell; pass at least one cell position.")
             for tensors in loader:
                 draws = self._predictive_draws(tensors, k, likelihood, n_samples)
-                draws = draws.cpu().numpy()  # (n_samples, cells, features)
-                draws = np.moveaxis(draws, 0, -1)
-                blocks.append(
-                    sparse.GCXS.from_numpy(draws)
-                    if likelihood.uses_library or likelihood.name == "bernoulli"
-                    else draws
-                )
-        if isinstance(blocks[0], np.ndarray):
-            out = np.concatenate(blocks)
-            return out[..., 0] if n_samples == 1 else out
-        out = sparse.concatenate(blocks, axis=0)
+                draws = np.moveaxis(draws.cpu().numpy(), 0, -1)  # (cells, features, samples)
+                blocks.append(sparse.GCXS.from_numpy(draws) if sparse_output else draws)
+        out = sparse.concatenate(blocks, axis=0) if sparse_output else np.concatenate(blocks)
         return out[..., 0] if n_samples == 1 else out
 
     def _predictive_draws(self, tensors, k: int, likelihood, n_samples: int) -> torch.Tensor:
@@ -258,7 +258,7 @@ class AnalysisMixin:
             raise ValueError(f"Pass `modality=`, one of {self.modalities}.")
         k = self._check_modality(modality)
         likelihood = get_likelihood(self.modality_specs[k].likelihood)
-        if not (likelihood.uses_library or likelihood.name == "bernoulli"):
+        if not _counts_or_binary(likelihood):
             raise ValueError(
                 f"Differential expression compares normalised counts; modality {modality!r} "
                 f"uses the {likelihood.name!r} likelihood. Test a count modality."
