@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import mosaicvi as mv
+from _simulated import trimodal_mosaic_with_covariates
 from mosaicvi.metrics import foscttm
 from mosaicvi.model import CLUE, MultiVAE
 
@@ -210,18 +211,7 @@ def test_every_likelihood_and_combination_trains_and_imputes(likelihood, combine
 
 
 def test_three_modality_mosaic_with_covariates_and_clipping():
-    mdata = mv.data.simulate(
-        n_cells=180,
-        modalities=("rna", "adt", "atac"),
-        n_genes=40,
-        n_proteins=8,
-        n_peaks=60,
-        n_batches=3,
-        missing={"batch_0": ["atac"], "batch_1": ["adt"], "batch_2": ["rna"]},
-        seed=4,
-    )
-    mdata.obs["site"] = np.where(np.arange(mdata.n_obs) % 2 == 0, "a", "b")
-    mdata.obs["depth"] = np.linspace(0, 1, mdata.n_obs)
+    mdata = trimodal_mosaic_with_covariates(n_cells=180, n_genes=40, n_proteins=8, n_peaks=60)
     CLUE.setup_mudata(
         mdata,
         modalities=["rna", "adt", "atac"],

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 from sklearn.neighbors import KNeighborsClassifier
 
 import mosaicvi as mv
+from _simulated import trimodal_mosaic_with_covariates
 from mosaicvi.model import MultiVAE
 
 SMALL = {"n_hidden": 32, "n_latent": 8}
@@ -219,18 +220,7 @@ def test_model_options_train(options, mosaic):
 
 
 def test_three_modality_mosaic_with_covariates():
-    mdata = mv.data.simulate(
-        n_cells=240,
-        modalities=("rna", "adt", "atac"),
-        n_genes=50,
-        n_proteins=10,
-        n_peaks=80,
-        n_batches=3,
-        missing={"batch_0": ["atac"], "batch_1": ["adt"], "batch_2": ["rna"]},
-        seed=4,
-    )
-    mdata.obs["site"] = np.where(np.arange(mdata.n_obs) % 2 == 0, "a", "b")
-    mdata.obs["depth"] = np.linspace(0, 1, mdata.n_obs)
+    mdata = trimodal_mosaic_with_covariates(n_cells=240, n_genes=50, n_proteins=10, n_peaks=80)
     MultiVAE.setup_mudata(
         mdata,
         modalities=["rna", "adt", "atac"],
