@@ -48,6 +48,11 @@ class QueryMixin:
         """Whether this model was mapped onto a reference with :meth:`load_query_data`."""
         return self.trainable_masks_ is not None
 
+    @property
+    def _all_frozen(self) -> bool:
+        """No parameter may train (a query of known categories mapped with ``unfrozen=False``)."""
+        return not any(p.requires_grad for p in self.module.parameters())
+
     # ------------------------------------------------------------------ saving and loading
     def save(
         self,
@@ -197,7 +202,7 @@ class QueryMixin:
         model.reference_weights_only_ = _reference_n_cats(model.registry_) == _reference_n_cats(
             registry
         )
-        if not any(p.requires_grad for p in model.module.parameters()):
+        if model._all_frozen:
             warnings.warn(
                 "The query brings no batch or covariate category the reference lacks, so with "
                 "`unfrozen=False` nothing trains: use the query model as it is (no `train()`), "

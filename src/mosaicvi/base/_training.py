@@ -167,7 +167,7 @@ class TrainingMixin:
         check_training_arguments(max_epochs, batch_size, train_size, validation_size)
         self._check_training_data_unchanged()
         self._prepare_module()
-        if self.is_query and not any(p.requires_grad for p in self.module.parameters()):
+        if self.is_query and self._all_frozen:
             raise ValueError(
                 "Every parameter of this query model is frozen: the query brings no new batch or "
                 "covariate category, so there is nothing to train. Use the model as it is, or "
