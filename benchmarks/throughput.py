@@ -177,7 +177,7 @@ PEERS = {
 }
 
 
-def _build(method, config: str, mdata):
+def _build(method, config: str, mdata, options: dict | None = None):
     """A registered method at matched width and depth (options its signature accepts)."""
     arch = {"n_hidden": N_HIDDEN, "n_latent": N_LATENT}
     if method.kind == "peer":
@@ -185,7 +185,7 @@ def _build(method, config: str, mdata):
     cls = method.model_class()  # semi-supervised models get the cell types
     second = CONFIGS[config]["second"]
     setup_model(cls, mdata, ["rna", second], labels="cell_type", cell_cycle_keys=None)
-    return cls(mdata, **accepted(cls.__init__, n_layers=1, **arch))
+    return cls(mdata, **accepted(cls.__init__, n_layers=1, **arch, **(options or {})))
 
 
 def _expression(method, model, cells) -> None:
@@ -213,7 +213,7 @@ def run_worker(args: argparse.Namespace) -> None:
     reset_peak_rss()
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
-    model = _build(method, config, mdata)
+    model = _build(method, config, mdata, parse_options(args.options))
     setup_s = time.perf_counter() - t0
     steps_per_epoch = int(np.ceil(0.9 * n_cells / BATCH_SIZE))
     limit = args.max_steps if args.max_steps and args.max_steps < steps_per_epoch else None
@@ -269,7 +269,38 @@ def run_worker(args: argparse.Namespace) -> None:
         json.dump(meta, fh, indent=1)
 
 
+def parse_options(items: list[str]) -> dict:
+    """``["elbo_estimator=shared", "n_latent=8"]`` -> keyword arguments (numbers parsed)."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--options takes NAME=VALUE, got {item!r}")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
+
+
 # ============================================================================ parent
+def median_rows(runs: list[dict]) -> list[dict]:
+    """One row per (data, cells, method): the run with the median training rate, all rates kept."""
+    groups: dict[tuple, list[dict]] = {}
+    for meta in runs:
+        groups.setdefault((meta["config"], meta["n_cells"], meta["method"]), []).append(meta)
+    rows = []
+    for metas in groups.values():
+        done = sorted((m for m in metas if "cells_per_s" in m), key=lambda m: m["cells_per_s"])
+        if not done:
+            rows.append(metas[0])
+            continue
+        row = dict(done[(len(done) - 1) // 2])
+        row["cells_per_s_runs"] = [m["cells_per_s"] for m in done]
+        rows.append(row)
+    return rows
+
+
 def _peer(config: str) -> str:
     return label(registry().peer_for(CONFIGS[config]["second"]))
 
@@ -342,7 +373,9 @@ def render(rows: list[dict], run: dict) -> str:
         "",
         "### Notes",
         "",
-        f"- cells/s: training cells per second in steady state (minibatches after the first "
+        f"- cells/s: median over {run.get('repeats', 1)} interleaved run(s) of each method "
+        "(every run's rate is in the JSON as `cells_per_s_runs`) of the "
+        f"training cells per second in steady state (minibatches after the first "
         f"{WARMUP_STEPS}) over one epoch (`*`: over the first `--max-steps` minibatches only, "
         "where a CPU epoch would take too long). train() start-up s: the rest of the `train()` "
         "call (building the data splitter and trainer, the warm-up minibatches, the end of the "
@@ -356,6 +389,7 @@ def render(rows: list[dict], run: dict) -> str:
         f"- Machine: {run['n_cpu']} CPU cores, accelerator {run['accelerator']}, torch threads "
         f"per worker {run['threads']}, load average at start {run['load']:.2f}. Whole run "
         f"{run['total_s'] / 60:.1f} min.",
+        f"- mosaicvi model options: {' '.join(run.get('options') or []) or 'package defaults'}.",
         source_note(run.get("source")),
     ]
     return "\n".join(lines)
@@ -368,8 +402,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     p.add_argument("--max-steps", type=int, default=150, help="cap on timed minibatches")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per method (interleaved); the median run is shown (the lower of two)",
+    )
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--quick", action="store_true", help="2,000 cells, 20 steps")
+    p.add_argument(
+        "--options",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="constructor options for the mosaicvi models that take them, "
+        "e.g. elbo_estimator=shared",
+    )
     p.add_argument("--source", choices=["head", "worktree"], default="head")
     p.add_argument("--out", default=str(RESULTS_DIR / "throughput.md"))
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -396,31 +444,40 @@ def main(argv=None) -> None:
         "load": os.getloadavg()[0],
         "source": source,
     }
-    rows = []
-    for config in args.configs:
-        for n_cells in args.sizes:
-            for method in resolve_methods(args.methods, CONFIGS[config]["second"]):
-                name = label(method)
-                elapsed = time.perf_counter() - t_start
-                print(f"[{elapsed:6.0f}s] {config} {n_cells} {name}", flush=True)
-                worker_args = ["--worker", name, config, str(n_cells)]
-                worker_args += ["--threads", str(args.threads), "--accelerator", args.accelerator]
-                worker_args += ["--max-steps", str(args.max_steps)]
-                result = workdir / f"{config}_{n_cells}_{name}"
-                _, meta = launch_worker(
-                    Path(__file__).resolve(),
-                    worker_args,
-                    result,
-                    workdir / f"{config}_{n_cells}_{name}.log",
-                    args.threads,
-                    source["path"],
-                )
-                meta.setdefault("method", name)
-                meta.setdefault("config", config)
-                meta.setdefault("n_cells", n_cells)
-                rows.append(meta)
-                if "cells_per_s" in meta:
-                    print(f"    {meta['cells_per_s']:,.0f} cells/s", flush=True)
+    runs = []  # every worker's result; repeats are interleaved so drifts in load hit all alike
+    for repeat in range(args.repeats):
+        for config in args.configs:
+            for n_cells in args.sizes:
+                for method in resolve_methods(args.methods, CONFIGS[config]["second"]):
+                    name = label(method)
+                    elapsed = time.perf_counter() - t_start
+                    print(
+                        f"[{elapsed:6.0f}s] {config} {n_cells} {name} (run {repeat + 1})",
+                        flush=True,
+                    )
+                    worker_args = ["--worker", name, config, str(n_cells)]
+                    worker_args += ["--threads", str(args.threads)]
+                    worker_args += ["--accelerator", args.accelerator]
+                    worker_args += ["--max-steps", str(args.max_steps)]
+                    worker_args += ["--options", *args.options]
+                    stem = f"{config}_{n_cells}_{name}_{repeat}"
+                    _, meta = launch_worker(
+                        Path(__file__).resolve(),
+                        worker_args,
+                        workdir / stem,
+                        workdir / f"{stem}.log",
+                        args.threads,
+                        source["path"],
+                    )
+                    meta.setdefault("method", name)
+                    meta.setdefault("config", config)
+                    meta.setdefault("n_cells", n_cells)
+                    runs.append(meta)
+                    if "cells_per_s" in meta:
+                        print(f"    {meta['cells_per_s']:,.0f} cells/s", flush=True)
+    rows = median_rows(runs)
+    run["repeats"] = args.repeats
+    run["options"] = args.options
     run["total_s"] = time.perf_counter() - t_start
     report = render(rows, run)
     out.write_text(report + "\n")

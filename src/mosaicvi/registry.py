@@ -97,7 +97,7 @@ _METHODS: tuple[Method, ...] = (
         "model",
         f"{_RUN}:run_model",
         "mosaicvi.model:CLUE",
-        summary="cross-linked K x K encoders with an adversarial modality discriminator",
+        summary="cross-linked encoders with an adversarial modality discriminator",
     ),
     Method(
         "jae",

@@ -148,3 +148,18 @@ def test_mudata_with_other_features_is_rejected(method, trained, contract):
     lacking = contract.rebuild({"rna": run.case.mdata["rna"].copy()}, run.case.mdata.obs)
     with pytest.raises((KeyError, ValueError), match=contract.words("adt")):
         run.model.get_latent_representation(lacking)
+
+
+def test_outputs_run_in_evaluation_mode_whatever_mode_the_module_was_left_in(
+    method, trained, contract
+):
+    model = trained(method, "mosaic").model
+    cells = np.arange(40)
+    expected = model.get_latent_representation(indices=cells)
+    model.module.train()  # e.g. a user's own training loop left it there
+    try:
+        # dropout (and the models' random training-time estimators) must not leak into outputs
+        np.testing.assert_array_equal(model.get_latent_representation(indices=cells), expected)
+        assert model.module.training  # the mode the user chose is given back
+    finally:
+        model.module.eval()

@@ -204,6 +204,21 @@ def test_load_names_a_corrupt_model_file(method, contract, saved, damage):
         method.model_class().load(folder, run.case.mdata)
 
 
+def test_load_names_weights_of_another_architecture(method, contract, saved):
+    # what a model saved by a mosaicvi version with other layer names or sizes looks like
+    run, folder = saved
+    path = os.path.join(folder, "model.pt")
+    content = torch.load(path, weights_only=False)
+    weights = content["model_state_dict"]
+    renamed = next(iter(weights))
+    weights[renamed + "_old"] = weights.pop(renamed)
+    torch.save(content, path)
+    with pytest.raises(
+        ValueError, match=contract.words(renamed, "another mosaicvi version", "train it again")
+    ):
+        method.model_class().load(folder, run.case.mdata)
+
+
 def test_load_names_a_missing_folder(method, contract, tmp_path):
     with pytest.raises(FileNotFoundError, match=contract.words("does not exist", "model.save")):
         method.model_class().load(str(tmp_path / "nowhere"), None)

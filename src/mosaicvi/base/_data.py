@@ -61,10 +61,22 @@ class DataAccessMixin:
         """The assembled AnnData for ``adata`` (``None``: the training data), for one call.
 
         Model outputs need a trained model; ``require_trained=False`` is for reading data only.
+        The module is in evaluation mode for the call (no dropout, the deterministic loss
+        estimators), whatever mode it was left in; its mode is restored afterwards.
         """
         if require_trained:
             self._check_trained()
         self._prepare_module()
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with self._assembled_for(adata) as assembled:
+                yield assembled
+        finally:
+            self.module.train(was_training)
+
+    @contextlib.contextmanager
+    def _assembled_for(self, adata: MuData | None) -> Iterator[ad.AnnData]:
         if adata is None or adata is self._mdata:
             if self._training_data_is_current():
                 yield self.adata

@@ -129,6 +129,7 @@ class QueryMixin:
         args = _compat.setup_args(registry)
         cls._register(adata, args, require_observed=False, source_registry=registry)
         model = _compat.initialize_model(cls, adata, registry, attr_dict)
+        _check_saved_parameters(model.module, state_dict, dir_path, cls.__name__)
         model.module.load_state_dict(state_dict)
         model.to_device(torch_device)
         model.module.eval()
@@ -241,3 +242,32 @@ class QueryMixin:
         masks = {k: v.to(self.device) for k, v in self.trainable_masks_.items()}
         partial = freeze(self.module, masks)
         return [FrozenReferenceCallback(partial)] if partial else []
+
+
+def _check_saved_parameters(module, state_dict: dict, dir_path: str, model_name: str) -> None:
+    """Refuse saved weights of another architecture with the names that differ and the fix."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unknown = sorted(set(state_dict) - set(expected))
+    reshaped = sorted(
+        name
+        for name in set(expected) & set(state_dict)
+        if tuple(expected[name].shape) != tuple(state_dict[name].shape)
+    )
+    if not (missing or unknown or reshaped):
+        return
+    parts = [
+        f"{len(names)} {what} (e.g. {names[:3]})"
+        for names, what in (
+            (missing, "parameters of this model are not in the file"),
+            (unknown, "saved parameters are unknown to this model"),
+            (reshaped, "parameters have another shape"),
+        )
+        if names
+    ]
+    raise ValueError(
+        f"The weights saved in {dir_path} do not fit this {model_name}: {'; '.join(parts)}. "
+        "The model was probably saved by another mosaicvi version with a different "
+        "architecture (e.g. CLUE before its encoders became one body per modality). Load it "
+        "with the version that saved it, or train it again with this one."
+    )

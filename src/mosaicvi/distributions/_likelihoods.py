@@ -61,7 +61,12 @@ class Likelihood:
 
 
 class _ScaleHead(nn.Module):
-    """Softmax proportions per feature, plus optional dispersion and zero-inflation."""
+    """Log-softmax proportions per feature, plus optional dispersion and zero-inflation.
+
+    The head returns ``log_scale`` (log proportions): the likelihoods read ``log mu = log_scale
+    + library`` directly instead of taking the log of a softmax, which saves element-wise passes
+    over the decoded matrix and keeps tiny proportions finite.
+    """
 
     def __init__(self, n_hidden: int, n_vars: int, dispersion: bool, zero_inflation: bool):
         super().__init__()
@@ -70,9 +75,9 @@ class _ScaleHead(nn.Module):
         self.zi_logits = nn.Linear(n_hidden, n_vars) if zero_inflation else None
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        params = {"scale": F.softmax(self.scale(h), dim=-1)}
+        params = {"log_scale": F.log_softmax(self.scale(h), dim=-1)}
         if self.log_theta is not None:
-            params["theta"] = self.log_theta.exp().expand_as(params["scale"])
+            params["theta"] = self.log_theta.exp().expand_as(params["log_scale"])
         if self.zi_logits is not None:
             params["zi_logits"] = self.zi_logits(h)
         return params
@@ -94,28 +99,63 @@ def log_factorial(x: torch.Tensor) -> torch.Tensor:
 
 
 class CountPoisson(Poisson):
-    """Poisson over counts with a cheaper log-density (no per-entry support check)."""
+    """Poisson over counts with a cheaper log-density (no per-entry support check).
 
-    def __init__(self, rate: torch.Tensor):
-        super().__init__(rate, validate_args=False)
+    Parameters
+    ----------
+    rate
+        Rates; or give ``log_rate`` instead (then ``rate`` is only computed if read).
+    log_rate
+        Log rates, e.g. log proportions plus a log library.
+    total_rate
+        ``rate.sum(-1)`` when it is known without summing (a library size times proportions
+        that sum to one).
+    """
+
+    def __init__(
+        self,
+        rate: torch.Tensor | None = None,
+        log_rate: torch.Tensor | None = None,
+        total_rate: torch.Tensor | None = None,
+    ):
+        if (rate is None) == (log_rate is None):
+            raise ValueError("Give exactly one of `rate` and `log_rate`.")
+        self._rate, self._log_rate, self._total_rate = rate, log_rate, total_rate
+        shape = (rate if rate is not None else log_rate).shape
+        torch.distributions.Distribution.__init__(self, shape, validate_args=False)
+
+    @property
+    def rate(self) -> torch.Tensor:  # noqa: D102
+        if self._rate is None:
+            self._rate = self._log_rate.exp()
+        return self._rate
+
+    @property
+    def log_rate(self) -> torch.Tensor:
+        """Log of the rates."""
+        if self._log_rate is None:
+            self._log_rate = torch.log(self._rate)
+        return self._log_rate
+
+    def expand(self, batch_shape, _instance=None):  # noqa: D102
+        return CountPoisson(rate=self.rate.expand(batch_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return value * torch.log(self.rate) - self.rate - log_factorial(value)
+        return value * self.log_rate - self.rate - log_factorial(value)
 
     def log_prob_per_cell(
         self, value: torch.Tensor, sparse: bool | None = None, memo: dict | None = None
     ) -> torch.Tensor:
         """``log_prob(value).sum(-1)`` for cells x features, computed per cell.
 
-        ``sum_j x_j log rate_j`` needs the rates at the non-zero counts only: with ``sparse``
-        (default: on CPU) it reads them there instead of taking the log of every rate, which
-        for sparse data such as ATAC counts (a few % non-zero) saves most of a decoding's
-        element-wise work. The non-zero positions and ``log x!`` depend on the data alone and
-        are kept in ``memo`` (if given) for the next decoding of the same ``value``.
+        ``sum_j x_j log rate_j`` needs the log rates at the non-zero counts only: with
+        ``sparse`` (default: on CPU) it reads them there, which for sparse data such as ATAC
+        counts (a few % non-zero) saves most of a decoding's element-wise work. The non-zero
+        positions and ``log x!`` depend on the data alone and are kept in ``memo`` (if given)
+        for the next decoding of the same ``value``.
         """
         if value.dim() != 2:
             return self.log_prob(value).sum(-1)
-        rate = self.rate
         if sparse is None:
             sparse = value.device.type == "cpu"
         memo = {} if memo is None else memo
@@ -128,11 +168,12 @@ class CountPoisson(Poisson):
                 memo["log_factorial"] = value.new_zeros(len(value)).index_add(0, rows, log_fact)
             else:
                 memo["log_factorial"] = log_factorial(value).sum(-1)
-        per_cell = -rate.sum(-1) - memo["log_factorial"]
+        total = self._total_rate if self._total_rate is not None else self.rate.sum(-1)
+        per_cell = -total - memo["log_factorial"]
         if not sparse:
-            return per_cell + (value * torch.log(rate)).sum(-1)
+            return per_cell + (value * self.log_rate).sum(-1)
         rows, flat, counts = memo["nonzero"]
-        log_rate = torch.log(rate.reshape(-1).index_select(0, flat))
+        log_rate = self.log_rate.reshape(-1).index_select(0, flat)
         return per_cell.index_add(0, rows, counts * log_rate)
 
 
@@ -145,7 +186,13 @@ class FeatureDispersionNB(NegativeBinomial):
     step) are evaluated only at the non-zero counts on CPU (on an accelerator they are dense,
     which avoids a host-device synchronisation). When ``theta`` is one dispersion per
     feature broadcast over cells, ``theta log theta`` is computed once per feature.
+    ``log_mu`` (optional): the log of ``mu``, when the decoder has it (log proportions plus log
+    library), so that it is not recomputed from ``mu``.
     """
+
+    def __init__(self, *args, log_mu: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.log_mu = log_mu
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:  # noqa: D102
         mu, theta = self.mu, self.theta
@@ -176,7 +223,8 @@ class FeatureDispersionNB(NegativeBinomial):
             return self.log_prob(value).sum(-1)
         base = theta[0]
         log_theta_mu = torch.log(theta + mu + _EPS)
-        log_ratio = torch.log(mu + _EPS) - log_theta_mu
+        log_mu = self.log_mu if self.log_mu is not None else torch.log(mu + _EPS)
+        log_ratio = log_mu - log_theta_mu
         # sums, not matrix products: autocast would run those in bfloat16 under mixed precision
         mean_terms = (value * log_ratio - log_theta_mu * base).sum(-1)
         if memo is not None and "count_terms" in memo:
@@ -238,11 +286,11 @@ class NegativeBinomialLikelihood(Likelihood):
         return _ScaleHead(n_hidden, n_vars, dispersion=True, zero_inflation=False)
 
     def distribution(self, params, library):  # noqa: D102
-        mu = params["scale"] * library.exp()
-        return FeatureDispersionNB(mu=mu + _EPS, theta=params["theta"])
+        log_mu = params["log_scale"] + library
+        return FeatureDispersionNB(mu=log_mu.exp(), theta=params["theta"], log_mu=log_mu)
 
     def normalized_mean(self, params):  # noqa: D102
-        return params["scale"]
+        return params["log_scale"].exp()
 
     def encoder_input(self, x):
         """log1p of counts per 10,000, so sequencing depth does not shape the latent."""
@@ -258,13 +306,13 @@ class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
         return _ScaleHead(n_hidden, n_vars, dispersion=True, zero_inflation=True)
 
     def distribution(self, params, library):  # noqa: D102
-        mu = params["scale"] * library.exp()
+        mu = (params["log_scale"] + library).exp()
         return ZeroInflatedNegativeBinomial(
             mu=mu + _EPS, theta=params["theta"], zi_logits=params["zi_logits"]
         )
 
     def normalized_mean(self, params):  # noqa: D102
-        return params["scale"] * torch.sigmoid(-params["zi_logits"])
+        return params["log_scale"].exp() * torch.sigmoid(-params["zi_logits"])
 
 
 class PoissonLikelihood(NegativeBinomialLikelihood):
@@ -276,7 +324,10 @@ class PoissonLikelihood(NegativeBinomialLikelihood):
         return _ScaleHead(n_hidden, n_vars, dispersion=False, zero_inflation=False)
 
     def distribution(self, params, library):  # noqa: D102
-        return CountPoisson(params["scale"] * library.exp() + _EPS)
+        # the proportions sum to one, so the rates of a cell sum to its library size
+        return CountPoisson(
+            log_rate=params["log_scale"] + library, total_rate=library.exp().squeeze(-1)
+        )
 
 
 class _LogitHead(nn.Module):

@@ -50,6 +50,9 @@ class ModalityEncoder(nn.Module):
         The modality's likelihood; defines the input transform (log1p, binarisation, identity).
     n_cat_list
         Categories of each categorical covariate fed to every layer (empty for none).
+    n_heads
+        Number of posteriors read from the one hidden body (e.g. one per latent sub-space);
+        with more than one, the outputs are ``(n_heads, n, n_latent)``.
     """
 
     def __init__(
@@ -61,23 +64,32 @@ class ModalityEncoder(nn.Module):
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.2,
+        n_heads: int = 1,
     ):
         super().__init__()
         self.likelihood = likelihood
+        self.n_heads = n_heads
         self.body = hidden_layers(n_input, n_hidden, n_layers, n_cat_list, dropout_rate)
-        self.mean = nn.Linear(n_hidden, n_latent)
-        self.log_var = nn.Linear(n_hidden, n_latent)
+        self.mean = nn.Linear(n_hidden, n_heads * n_latent)
+        self.log_var = nn.Linear(n_hidden, n_heads * n_latent)
 
     def forward(
         self, x: torch.Tensor, *cat_covs: torch.Tensor, cont_covs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the posterior mean and variance, each ``(n, n_latent)``."""
+        """Posterior mean and variance, each ``(n, n_latent)`` (``(n_heads, n, n_latent)``)."""
         h = self.likelihood.encoder_input(x)
         if cont_covs is not None:
             h = torch.cat([h, cont_covs], dim=-1)
         h = self.body(h, *cat_covs)
         # bounded log-variance keeps PoE precisions finite early in training
-        return self.mean(h), self.log_var(h).clamp(-12.0, 8.0).exp()
+        mean, var = self.mean(h), self.log_var(h).clamp(-12.0, 8.0).exp()
+        if self.n_heads == 1:
+            return mean, var
+        return self._by_head(mean), self._by_head(var)
+
+    def _by_head(self, values: torch.Tensor) -> torch.Tensor:
+        """``(n, n_heads * d)`` -> ``(n_heads, n, d)``."""
+        return values.reshape(len(values), self.n_heads, -1).transpose(0, 1)
 
 
 class ModalityDecoder(nn.Module):

@@ -1,4 +1,4 @@
-"""CLUE: cross-linked unified embedding (K x K encoders, adversarial modality discriminator)."""
+"""CLUE: cross-linked unified embedding (cross-encoders, adversarial modality discriminator)."""
 
 from ._discriminator import ModalityDiscriminator
 from ._model import CLUE

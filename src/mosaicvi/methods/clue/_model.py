@@ -25,7 +25,8 @@ class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
     The embedding of a cell is the concatenation of K sub-spaces of ``n_latent`` dimensions,
     one per modality, so **``get_latent_representation()`` returns ``K * n_latent`` columns**
     (2 x 20 = 40 for RNA + protein). Every sub-space ``k`` can be inferred from every modality
-    ``j`` (a K x K encoder matrix, ``q(z_k | x_j)``), so a cell embedded from RNA alone
+    ``j`` (``q(z_k | x_j)``: one encoder body per input modality with one head per sub-space),
+    so a cell embedded from RNA alone
     (``modality="rna"``) lands in the same space as its joint embedding and as cells embedded
     from another modality. Decoder ``k`` reads sub-space ``k`` only. Training combines self and
     cross ELBOs, an alignment loss between the latents inferred from each modality of a paired
@@ -54,6 +55,11 @@ class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
         matching benchmark). The published competition weights (CITE-seq: cross 2, cosine
         alignment 1, adversarial 2, KL 1) are per-feature averages in the reference code; under
         this package's summed reconstruction loss they collapse the posterior.
+    elbo_estimator
+        How a training step estimates the self and cross ELBOs: ``"separate"`` (default)
+        decodes both; ``"shared"`` decodes every modality of a cell once, from its self or (at
+        random) its cross latent, reweighted so the estimate is unbiased: cheaper steps that
+        need more epochs for the same result.
     encode_covariates
         Also condition the encoders on batch and covariates.
 
@@ -100,6 +106,7 @@ class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
         cross_weight: float | None = None,
         alignment_weight: float | None = None,
         adversarial_weight: float | None = None,
+        elbo_estimator: Literal["shared", "separate"] = "separate",
         encode_covariates: bool = True,
     ):
         check_architecture(locals())
@@ -130,6 +137,7 @@ class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
             adversarial_weight=adversarial_weight,
             encode_covariates=encode_covariates,
             library_log_means=self._library_log_means(specs),
+            elbo_estimator=elbo_estimator,
         )
         self._model_summary_string = self._model_summary(
             f"{combine}, {len(specs)} x {n_latent} = {len(specs) * n_latent} latent dims, "

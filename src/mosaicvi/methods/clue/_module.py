@@ -1,8 +1,7 @@
-"""CLUE: cross-linked unified embedding with a K x K encoder matrix and a modality discriminator."""
+"""CLUE: cross-linked unified embedding (cross-encoders) with a modality discriminator."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,26 +9,30 @@ import torch
 import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput, auto_move_data
-from torch import nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 
 from mosaicvi.base import VAEModule
 from mosaicvi.data import ModalitySpec
 from mosaicvi.distributions import product_of_experts
 
 from ._discriminator import ModalityDiscriminator
+from ._losses import CLUELossTerms
 
 Combine = Literal["poe", "mean"]
 Alignment = Literal["mse", "cosine"]
+ElboEstimator = Literal["shared", "separate"]
 
 
-class CLUEModule(VAEModule):
+class CLUEModule(CLUELossTerms, VAEModule):
     """Cross-linked unified embedding (CLUE) over K >= 2 modalities.
 
     The latent of a cell is the concatenation ``z = (z_1, ..., z_K)`` of one sub-space of
     ``n_latent`` (``d``) dimensions per modality, so **the embedding has ``K * d`` dimensions**
-    (40 for RNA + protein with ``d = 20``). A K x K matrix of encoders gives ``q(z_k | x_j)``:
-    self-encoders (``k = j``) and cross-encoders (``k != j``). For a set ``S`` of modalities,
+    (40 for RNA + protein with ``d = 20``). Each input modality ``j`` has one encoder body with
+    K heads, giving ``q(z_k | x_j)`` for every sub-space: self-encoders (``k = j``) and
+    cross-encoders (``k != j``). (The paper's K x K separate encoders cost K times the
+    first-layer work of the wide inputs; sharing the body is what makes CLUE as fast as one
+    encoder per modality.) For a set ``S`` of modalities,
     ``q(z_k | x_S)`` combines the encoders ``q(z_k | x_j)``, ``j in S``:
 
     - ``combine="poe"`` (the paper): product of the Gaussian experts and the N(0, I) prior expert
@@ -53,6 +56,14 @@ class CLUEModule(VAEModule):
       ``log K`` (0 when the discriminator is at chance). The discriminator itself is trained by
       the training plan to tell the modalities apart (:meth:`discriminator_loss`).
 
+    ``elbo_estimator`` says how a training step estimates the self and cross ELBOs:
+    ``"separate"`` (default) decodes both; with ``"shared"`` every modality of a cell is decoded
+    once, from its self latent or, where a cross term exists, from its cross latent with
+    probability ``cross_weight / (self_weight + cross_weight)``, weighted ``self_weight +
+    cross_weight`` (an unbiased estimate of the weighted sum at the decoding cost of one pass,
+    which needs more epochs for the same result). The validation loss always uses
+    ``"separate"``.
+
     Reconstruction terms are summed over features and KL terms over latent dimensions (the
     scvi-tools convention); the reference code averages them over features instead, so its
     published alignment/adversarial weights do not carry over as they are.
@@ -73,6 +84,8 @@ class CLUEModule(VAEModule):
         ``"mse"`` (the paper) or ``"cosine"`` (the reference code).
     self_weight, cross_weight, alignment_weight, adversarial_weight
         Weights of the loss terms; 0 switches a term off (it is then not computed).
+    elbo_estimator
+        ``"shared"`` or ``"separate"`` (see above).
     encode_covariates
         Condition the encoders on batch and covariates too.
     discriminator_hidden, discriminator_layers
@@ -101,8 +114,14 @@ class CLUEModule(VAEModule):
         discriminator_hidden: int = 128,
         discriminator_layers: int = 2,
         library_log_means: torch.Tensor | None = None,
+        elbo_estimator: ElboEstimator = "separate",
     ):
         super().__init__(modalities)
+        if elbo_estimator not in ("shared", "separate"):
+            raise ValueError(
+                f"elbo_estimator must be 'shared' or 'separate', got {elbo_estimator!r}."
+            )
+        self.elbo_estimator = elbo_estimator
         if combine not in ("poe", "mean"):
             raise ValueError(f"combine must be 'poe' or 'mean', got {combine!r}.")
         if alignment not in ("mse", "cosine"):
@@ -130,12 +149,14 @@ class CLUEModule(VAEModule):
 
         n_cat_list = [n_batch] + list(n_cats_per_cov or [])
         arch = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate}
-        # encoders[k][j] = q(z_k | x_j)
-        self.encoders = nn.ModuleList(
-            self._modality_encoders(
-                n_latent, n_cat_list, n_continuous_cov, encode_covariates, **arch
-            )
-            for _ in self.modalities
+        # encoders[j]: one body per input modality j, one head per sub-space k: q(z_k | x_j)
+        self.encoders = self._modality_encoders(
+            n_latent,
+            n_cat_list,
+            n_continuous_cov,
+            encode_covariates,
+            n_heads=self.n_modalities,
+            **arch,
         )
         self.decoders = self._modality_decoders(n_latent, n_cat_list, n_continuous_cov, **arch)
         self.discriminator = ModalityDiscriminator(
@@ -153,6 +174,7 @@ class CLUEModule(VAEModule):
             "z_self": inference_outputs["z_self"],
             "z_cross": inference_outputs["z_cross"],
             "library": inference_outputs["library"],
+            "z_decoded": inference_outputs.get("z_decoded"),
             **self._covariates(tensors),
         }
 
@@ -214,7 +236,7 @@ class CLUEModule(VAEModule):
         use_modalities: torch.Tensor | None = None,
         n_samples: int = 1,
     ) -> dict[str, torch.Tensor]:
-        """Run the K x K encoders and combine them over each cell's observed modalities.
+        """Run the encoders (K heads each) and combine them over each cell's observed modalities.
 
         ``use_modalities`` (0/1, length K) restricts the joint posterior to some modalities: the
         embedding from RNA alone is ``(q(z_1 | x_rna), ..., q(z_K | x_rna))``.
@@ -230,14 +252,12 @@ class CLUEModule(VAEModule):
         """
         cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
         enc_cont = cont_covs if self.encode_covariates else None
-        means, variances = [], []
-        for row in self.encoders:
-            row_out = [
-                encoder(x[:, s], *cats, cont_covs=enc_cont) for encoder, s in zip(row, self.slices)
-            ]
-            means.append(torch.stack([m for m, _ in row_out]))
-            variances.append(torch.stack([v for _, v in row_out]))
-        expert_means, expert_vars = torch.stack(means), torch.stack(variances)  # (K, K, n, d)
+        by_input = [
+            encoder(x[:, s], *cats, cont_covs=enc_cont)
+            for encoder, s in zip(self.encoders, self.slices)
+        ]  # one (K, n, d) pair per input modality j
+        expert_means = torch.stack([m for m, _ in by_input], dim=1)  # (K, J, n, d), [k, j]
+        expert_vars = torch.stack([v for _, v in by_input], dim=1)
 
         mask = observed if use_modalities is None else observed * use_modalities.to(observed)
         joint = [
@@ -267,7 +287,7 @@ class CLUEModule(VAEModule):
                 self._combined(expert_means[k], expert_vars[k], observed * (1 - eye[k]))
                 for k in range(self.n_modalities)
             ]
-        return {
+        outputs = {
             "z": z,
             "qz_mean": qz_mean,
             "qz_var": qz_var,
@@ -284,6 +304,26 @@ class CLUEModule(VAEModule):
             "modality_means": modality_means,
             "modality_z": modality_z,
         }
+        if self.training and n_samples == 1 and self.elbo_estimator == "shared":
+            outputs.update(self._decoded_latent(outputs))
+        return outputs
+
+    def _cross_mask(self, observed: torch.Tensor) -> torch.Tensor:
+        """``(n, K)``: modality k of a cell has a cross term when another one is observed."""
+        n_observed = observed.sum(1, keepdim=True)
+        return observed * (n_observed - observed > 0).to(observed)
+
+    def _decoded_latent(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """Per cell and sub-space, the self or (at random) the cross sample to decode once."""
+        cross_mask = self._cross_mask(outputs["observed"])
+        total = self.self_weight + self.cross_weight
+        p_cross = self.cross_weight / total if total > 0 else 0.0
+        decoded_cross = cross_mask * (torch.rand_like(cross_mask) < p_cross).to(cross_mask)
+        pick = decoded_cross.repeat_interleave(self.n_latent_per_modality, dim=1) > 0
+        return {
+            "z_decoded": torch.where(pick, outputs["z_cross"], outputs["z_self"]),
+            "decoded_cross": decoded_cross,
+        }
 
     # ---------------------------------------------------------------- generative
     @auto_move_data
@@ -295,153 +335,22 @@ class CLUEModule(VAEModule):
         batch_index: torch.Tensor,
         cat_covs: torch.Tensor | None = None,
         cont_covs: torch.Tensor | None = None,
+        z_decoded: torch.Tensor | None = None,
     ) -> dict[str, dict]:
         """Observation distributions of every modality from the self and the cross latents.
 
-        Decoding is skipped (empty dict) for a term whose weight is 0.
+        Decoding is skipped (empty dict) for a term whose weight is 0. With ``z_decoded`` (the
+        ``"shared"`` estimator) only that latent is decoded, as ``px_decoded``.
         """
         covariates = (batch_index, cat_covs, cont_covs)
+        if z_decoded is not None:
+            return {"px_decoded": self.decode_all(z_decoded, library, *covariates)}
         out = {"px_self": {}, "px_cross": {}}
         if self.self_weight > 0:
             out["px_self"] = self.decode_all(z_self, library, *covariates)
         if self.cross_weight > 0:
             out["px_cross"] = self.decode_all(z_cross, library, *covariates)
         return out
-
-    # ---------------------------------------------------------------- losses
-    def _kl(self, mean: torch.Tensor, var: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """KL to N(0, I) per cell and sub-space, ``(n, K)``, zero outside ``mask``."""
-        kl = kl_divergence(Normal(mean, var.sqrt()), Normal(0.0, 1.0))
-        per_space = torch.stack(
-            [self.subspace(kl, k).sum(-1) for k in range(self.n_modalities)], dim=1
-        )
-        return per_space * mask
-
-    def _expert_kl(self, outputs: dict, mask_self: torch.Tensor, mask_cross: torch.Tensor):
-        """KL terms for ``combine="mean"``: on the raw experts (normalisation has no density)."""
-        kl = kl_divergence(
-            Normal(outputs["expert_means"], outputs["expert_vars"].sqrt()), Normal(0.0, 1.0)
-        ).sum(-1)  # (K, K, n), [k, j]
-        eye = torch.eye(self.n_modalities, device=kl.device, dtype=kl.dtype)
-        kl_self = torch.stack([kl[k, k] for k in range(self.n_modalities)], dim=1) * mask_self
-        observed = outputs["observed"]
-        cross = []
-        for k in range(self.n_modalities):
-            others = observed * (1 - eye[k])  # (n, K)
-            cross.append((kl[k].T * others).sum(1) / others.sum(1).clamp_min(1.0))
-        return kl_self, torch.stack(cross, dim=1) * mask_cross
-
-    def _pairs(self, observed: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
-        """Pairs of modalities with the cells that have both."""
-        return [
-            (i, j, observed[:, i] * observed[:, j])
-            for i in range(self.n_modalities)
-            for j in range(i + 1, self.n_modalities)
-        ]
-
-    def _alignment(self, outputs: dict) -> torch.Tensor:
-        """Mean distance between single-modality latents over observed pairs, per cell."""
-        u = outputs["modality_means"]
-        observed = outputs["observed"]
-        total = torch.zeros_like(observed[:, 0])
-        n_pairs = torch.zeros_like(total)
-        for i, j, both in self._pairs(observed):
-            if self.alignment == "mse":
-                distance = (u[i] - u[j]).pow(2).sum(-1)
-            else:
-                distance = 1.0 - F.cosine_similarity(u[i], u[j], dim=-1)
-            total = total + both * distance
-            n_pairs = n_pairs + both
-        return total / n_pairs.clamp_min(1.0)
-
-    def _discriminator_terms(
-        self, modality_z: torch.Tensor, observed: torch.Tensor, noise_std: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits for every (modality, cell) latent, their labels and 0/1 weights (observed).
-
-        All ``K x n`` latents are scored and unobserved ones weighted 0, instead of selecting
-        the observed ones, so a GPU step never waits for the host.
-        """
-        n_modalities, n_cells, _ = modality_z.shape
-        points = modality_z.reshape(n_modalities * n_cells, -1)
-        if noise_std > 0:
-            points = points + noise_std * torch.randn_like(points)
-        labels = torch.arange(n_modalities, device=points.device).repeat_interleave(n_cells)
-        return self.discriminator(points), labels, observed.T.reshape(-1)
-
-    @staticmethod
-    def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return (values * weights).sum() / weights.sum().clamp_min(1.0)
-
-    def discriminator_loss(
-        self, inference_outputs: dict, noise_std: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy and accuracy of the discriminator on detached latents.
-
-        Parameters
-        ----------
-        inference_outputs
-            Output of :meth:`inference`.
-        noise_std
-            Standard deviation of Gaussian noise added to the discriminator's input.
-        """
-        logits, labels, weights = self._discriminator_terms(
-            inference_outputs["modality_z"].detach(), inference_outputs["observed"], noise_std
-        )
-        loss = self._weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
-        accuracy = self._weighted_mean((logits.argmax(-1) == labels).to(weights), weights)
-        return loss, accuracy.detach()
-
-    def _adversarial(self, outputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoders' term (cross-entropy to uniform, per cell) and the discriminator's state."""
-        observed = outputs["observed"]
-        logits, labels, weights = self._discriminator_terms(outputs["modality_z"], observed)
-        # cross-entropy to the uniform distribution minus its minimum log K: 0 at chance
-        to_uniform = -F.log_softmax(logits, -1).mean(-1) - math.log(self.n_modalities)
-        per_cell = (to_uniform * weights).reshape(observed.shape[1], -1).sum(0)
-        per_cell = per_cell / observed.sum(1).clamp_min(1.0)
-        with torch.no_grad():
-            accuracy = self._weighted_mean((logits.argmax(-1) == labels).to(weights), weights)
-            d_loss = self._weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
-        return per_cell, accuracy, d_loss
-
-    def _elbo_terms(
-        self,
-        x: torch.Tensor,
-        out: dict,
-        generative_outputs: dict,
-        cross_mask: torch.Tensor,
-        kl_weight: float,
-    ) -> tuple[torch.Tensor, ...]:
-        """Self and cross reconstruction ``(n, K)``, their KLs ``(n, K)`` and ELBOs ``(n,)``.
-
-        A term whose weight is 0 is not computed (zeros).
-        """
-        observed = out["observed"]
-        zeros = torch.zeros_like(observed)
-        if self.combine == "mean":
-            kl_self, kl_cross = self._expert_kl(out, observed, cross_mask)
-        else:
-            kl_self = self._kl(out["self_mean"], out["self_var"], observed)
-            kl_cross = self._kl(out["cross_mean"], out["cross_var"], cross_mask)
-
-        rec_self = rec_cross = zeros
-        memo = {}  # the self and cross decodings score the same data with the same decoders
-        if self.self_weight > 0:
-            px_self = generative_outputs["px_self"]
-            rec_self = torch.stack(
-                list(self._reconstruction(x, px_self, observed, memo).values()), dim=1
-            )
-        if self.cross_weight > 0:
-            px_cross = generative_outputs["px_cross"]
-            rec_cross = torch.stack(
-                list(self._reconstruction(x, px_cross, cross_mask, memo).values()), dim=1
-            )
-        self_elbo = (rec_self + kl_weight * kl_self).sum(1) if self.self_weight > 0 else zeros[:, 0]
-        cross_elbo = (
-            (rec_cross + kl_weight * kl_cross).sum(1) if self.cross_weight > 0 else zeros[:, 0]
-        )
-        return rec_self, rec_cross, kl_self, kl_cross, self_elbo, cross_elbo
 
     def loss(
         self,
@@ -460,15 +369,13 @@ class CLUEModule(VAEModule):
         """
         out = inference_outputs
         observed = out["observed"]
-        n_observed = observed.sum(1, keepdim=True)
-        # modality k of a cell has a cross term when another modality is observed too
-        cross_mask = observed * (n_observed - observed > 0).to(observed)
-        multimodal = (n_observed.squeeze(1) > 1).to(observed)
+        cross_mask = self._cross_mask(observed)
+        multimodal = (observed.sum(1) > 1).to(observed)
         zeros = torch.zeros_like(observed)
         terms = self._elbo_terms(
             tensors[REGISTRY_KEYS.X_KEY], out, generative_outputs, cross_mask, kl_weight
         )
-        rec_self, rec_cross, kl_self, kl_cross, self_elbo, cross_elbo = terms
+        rec_self, rec_cross, kl_self, kl_cross, self_elbo, cross_elbo, weighted_elbo = terms
         alignment = self._alignment(out) if self.alignment_weight > 0 else zeros[:, 0]
         alignment = alignment * multimodal
         adversarial, d_accuracy, d_loss = self._adversarial(out)
@@ -477,8 +384,7 @@ class CLUEModule(VAEModule):
         library_loss = self._library_loss(tensors, out)
 
         per_cell = (
-            self.self_weight * self_elbo
-            + self.cross_weight * cross_elbo
+            weighted_elbo
             + self.alignment_weight * alignment
             + self.adversarial_weight * adversarial
             + library_loss

@@ -16,6 +16,7 @@ from mosaicvi.data import ModalitySpec
 from mosaicvi.distributions import MIXINGS, groupwise_mmd
 
 IntegrationLoss = Literal["latent", "marginal"]
+ElboEstimator = Literal["shared", "separate"]
 
 
 class MultiVAEModule(VAEModule):
@@ -27,6 +28,20 @@ class MultiVAEModule(VAEModule):
     each single-modality posterior of a multi-modal cell is trained to reconstruct all of the
     cell's observed modalities too (subset ELBO), so that a cell embedded from one modality lands
     near its joint embedding.
+
+    The objective of a cell with several modalities is its joint ELBO plus ``unimodal_weight``
+    times the ELBO of one of its single-modality posteriors (drawn uniformly at every step).
+    ``elbo_estimator`` says how a training step estimates it:
+
+    - ``"separate"`` (default): the joint posterior of every cell and one single-modality
+      posterior of every multimodal cell are decoded (two decoding passes per step).
+    - ``"shared"``: every cell is decoded once. A multimodal cell decodes its joint posterior
+      with probability ``1 / (1 + unimodal_weight)`` and otherwise a single-modality posterior;
+      either ELBO is weighted ``1 + unimodal_weight``, an unbiased estimate of the sum at the
+      decoding cost of a plain VAE. Each step is cheaper but carries half the decoder signal,
+      so it needs about twice the epochs for the same result.
+
+    Evaluation (validation loss, :meth:`loss` in ``eval()`` mode) always uses ``"separate"``.
 
     Parameters
     ----------
@@ -46,6 +61,8 @@ class MultiVAEModule(VAEModule):
         Condition the encoders on batch and categorical covariates too.
     unimodal_weight
         Weight of the subset-ELBO term over single-modality posteriors (0 disables it).
+    elbo_estimator
+        ``"shared"`` or ``"separate"`` (see above).
     integration_loss
         ``"latent"``: MMD between batches of the joint latents; ``"marginal"``: MMD between the
         single-modality latents of different modalities; ``None``: no MMD.
@@ -69,6 +86,7 @@ class MultiVAEModule(VAEModule):
         unimodal_weight: float = 1.0,
         integration_loss: IntegrationLoss | None = "latent",
         library_log_means: torch.Tensor | None = None,
+        elbo_estimator: ElboEstimator = "separate",
     ):
         super().__init__(modalities)
         if mixing not in MIXINGS:
@@ -77,6 +95,11 @@ class MultiVAEModule(VAEModule):
             raise ValueError(
                 f"integration_loss must be 'latent', 'marginal' or None, got {integration_loss!r}."
             )
+        if elbo_estimator not in ("shared", "separate"):
+            raise ValueError(
+                f"elbo_estimator must be 'shared' or 'separate', got {elbo_estimator!r}."
+            )
+        self.elbo_estimator = elbo_estimator
         self.n_latent = n_latent
         self.n_batch = n_batch
         self.mixing = mixing
@@ -95,7 +118,7 @@ class MultiVAEModule(VAEModule):
     # ---------------------------------------------------------------- plumbing
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {
-            "z": inference_outputs["z"],
+            "z": inference_outputs.get("z_decoded", inference_outputs["z"]),
             "library": inference_outputs["library"],
             **self._covariates(tensors),
         }
@@ -136,7 +159,7 @@ class MultiVAEModule(VAEModule):
         qz_mean, qz_var = self.combine(expert_means, expert_vars, mask)
         qz = Normal(qz_mean, qz_var.sqrt())
         z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
-        return {
+        outputs = {
             "z": z,
             "qz_mean": qz_mean,
             "qz_var": qz_var,
@@ -144,6 +167,49 @@ class MultiVAEModule(VAEModule):
             "expert_vars": expert_vars,
             "library": self.log_library(x),
             "observed": mask,
+        }
+        if self._shared_pass(n_samples):
+            outputs.update(self._decoded_posterior(outputs))
+        return outputs
+
+    def _shared_pass(self, n_samples: int = 1) -> bool:
+        """Whether this step decodes one posterior per cell (training with ``"shared"``)."""
+        return (
+            self.training
+            and n_samples == 1
+            and self.elbo_estimator == "shared"
+            and self.unimodal_weight > 0
+        )
+
+    def _decoded_posterior(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """The posterior each cell decodes this step under the ``"shared"`` estimator.
+
+        A multimodal cell takes its joint posterior with probability ``1 / (1 +
+        unimodal_weight)``, otherwise the single-modality posterior of one of its observed
+        modalities drawn uniformly; cells with one modality take the joint one. ``subset_weight``
+        is the cell's weight in the loss (``1 + unimodal_weight`` for multimodal cells).
+        """
+        observed = outputs["observed"]
+        multimodal = observed.sum(1) > 1
+        drawn = torch.multinomial(observed, 1).ravel()
+        single_mean, single_var = self.combine(
+            outputs["expert_means"],
+            outputs["expert_vars"],
+            F.one_hot(drawn, len(self.modalities)).to(observed),
+        )
+        p_joint = 1.0 / (1.0 + self.unimodal_weight)
+        unimodal = multimodal & (torch.rand_like(observed[:, 0]) >= p_joint)
+        pick = unimodal.unsqueeze(-1)
+        mean = torch.where(pick, single_mean, outputs["qz_mean"])
+        var = torch.where(pick, single_var, outputs["qz_var"])
+        # weights 1/p_joint and unimodal_weight/(1 - p_joint) are both 1 + unimodal_weight
+        weight = torch.full_like(observed[:, 0], 1.0 + self.unimodal_weight)
+        return {
+            "z_decoded": Normal(mean, var.sqrt()).rsample(),
+            "decoded_mean": mean,
+            "decoded_var": var,
+            "decoded_unimodal": unimodal.to(observed),
+            "subset_weight": torch.where(multimodal, weight, torch.ones_like(weight)),
         }
 
     # ---------------------------------------------------------------- generative
@@ -187,7 +253,7 @@ class MultiVAEModule(VAEModule):
         # skipping minibatches without paired cells saves a decoding pass on CPU; on a GPU the
         # check would make the step wait for the host, and the masked terms are zero anyway
         skip = multimodal.device.type == "cpu" and not multimodal.any()
-        if self.unimodal_weight == 0 or skip:
+        if self.unimodal_weight == 0 or skip or "z_decoded" in inference_outputs:
             return torch.zeros_like(multimodal), samples
 
         drawn = torch.multinomial(observed, 1).ravel()
@@ -225,13 +291,20 @@ class MultiVAEModule(VAEModule):
         observed = inference_outputs["observed"]
         memo = {}  # terms of the likelihoods that the subset ELBO's decoding shares
         reconstruction = self._reconstruction(x, generative_outputs["px"], observed, memo)
-        qz = Normal(inference_outputs["qz_mean"], inference_outputs["qz_var"].sqrt())
+        shared = "z_decoded" in inference_outputs
+        prefix = "decoded" if shared else "qz"
+        qz = Normal(inference_outputs[f"{prefix}_mean"], inference_outputs[f"{prefix}_var"].sqrt())
         kl_joint = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
         per_cell = sum(reconstruction.values()) + kl_weight * kl_joint
 
         unimodal, unimodal_z = self._unimodal_elbos(tensors, inference_outputs, kl_weight, memo)
         library_loss = self._library_loss(tensors, inference_outputs)
-        per_cell = per_cell + self.unimodal_weight * unimodal + library_loss
+        if shared:  # one decoded posterior per cell stands for the joint and the subset ELBO
+            decoded_unimodal = inference_outputs["decoded_unimodal"]
+            unimodal = per_cell * decoded_unimodal
+            per_cell = per_cell * inference_outputs["subset_weight"] + library_loss
+        else:
+            per_cell = per_cell + self.unimodal_weight * unimodal + library_loss
 
         mmd = x.new_zeros(())
         if self.integration_loss is not None and mmd_weight > 0:
