@@ -45,8 +45,7 @@ def _losses(module, batch, estimator: str, n_draws: int) -> tuple[np.ndarray, in
         torch.manual_seed(0)
         with torch.no_grad():
             losses = [
-                module(batch, loss_kwargs={"kl_weight": 0.5})[2].loss.item()
-                for _ in range(n_draws)
+                module(batch, loss_kwargs={"kl_weight": 0.5})[2].loss.item() for _ in range(n_draws)
             ]
     finally:
         del module.decode_all
