@@ -188,3 +188,28 @@ def test_poisson_per_cell_log_likelihood_matches_torch(sparse):
         (g_expected,) = torch.autograd.grad(expected.sum(), log_rate)
         (g_got,) = torch.autograd.grad(got.sum(), log_rate)
         torch.testing.assert_close(g_got, g_expected, rtol=1e-5, atol=1e-5)
+
+
+def test_count_poisson_from_log_rates_matches_torch():
+    from torch.distributions import Poisson
+
+    from mosaicvi.distributions._likelihoods import CountPoisson
+
+    torch.manual_seed(0)
+    log_scale = torch.log_softmax(torch.randn(30, 50), -1)
+    library = torch.log(torch.full((30, 1), 400.0))
+    x = torch.poisson(torch.exp(log_scale + library))
+    px = CountPoisson(log_rate=log_scale + library, total_rate=library.exp().squeeze(-1))
+    reference = Poisson(torch.exp(log_scale + library))
+    torch.testing.assert_close(px.log_rate, log_scale + library)
+    torch.testing.assert_close(px.log_prob(x), reference.log_prob(x))
+    for sparse in (True, False):
+        torch.testing.assert_close(
+            px.log_prob_per_cell(x, sparse=sparse),
+            reference.log_prob(x).sum(-1),
+            rtol=1e-5,
+            atol=1e-3,
+        )
+    assert px.expand(torch.Size([2, 30, 50])).sample().shape == (2, 30, 50)
+    with pytest.raises(ValueError, match="exactly one of `rate` and `log_rate`"):
+        CountPoisson()
