@@ -202,14 +202,13 @@ class MultiVAEModule(VAEModule):
         pick = unimodal.unsqueeze(-1)
         mean = torch.where(pick, single_mean, outputs["qz_mean"])
         var = torch.where(pick, single_var, outputs["qz_var"])
-        # weights 1/p_joint and unimodal_weight/(1 - p_joint) are both 1 + unimodal_weight
-        weight = torch.full_like(observed[:, 0], 1.0 + self.unimodal_weight)
         return {
             "z_decoded": Normal(mean, var.sqrt()).rsample(),
             "decoded_mean": mean,
             "decoded_var": var,
             "decoded_unimodal": unimodal.to(observed),
-            "subset_weight": torch.where(multimodal, weight, torch.ones_like(weight)),
+            # 1/p_joint and unimodal_weight/(1 - p_joint) are both 1 + unimodal_weight
+            "subset_weight": 1.0 + self.unimodal_weight * multimodal.to(observed),
         }
 
     # ---------------------------------------------------------------- generative
