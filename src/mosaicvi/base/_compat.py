@@ -29,6 +29,8 @@ from scvi.model._utils import (
 from scvi.model.base._de_core import _de_core
 from scvi.model.base._save_load import _initialize_model, _load_saved_files
 
+from mosaicvi.data._backed import assembled_matrix
+
 __all__ = [
     "BatchDistributedSampler",
     "batch_codes",
@@ -96,10 +98,9 @@ class _ModalityView:
         return getattr(self._manager, name)
 
     def get_from_registry(self, registry_key: str):
-        values = self._manager.get_from_registry(registry_key)
         if registry_key == REGISTRY_KEYS.X_KEY:
-            return values[:, self._columns]
-        return values
+            return assembled_matrix(self._manager.adata)[:, self._columns]
+        return self._manager.get_from_registry(registry_key)
 
 
 def differential_core(adata_manager, columns, **kwargs):

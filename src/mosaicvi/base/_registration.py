@@ -29,7 +29,13 @@ from scvi.data.fields import (
 )
 
 from mosaicvi.data import OBSERVED_KEY, ModalitySpec, assemble_mosaic, build_specs
-from mosaicvi.data._constants import BATCH_COLUMN, MODALITY_VAR_COLUMN, OBSERVED_OBSM_KEY
+from mosaicvi.data._backed import is_out_of_core
+from mosaicvi.data._constants import (
+    BATCH_COLUMN,
+    LIBRARY_OBSM_KEY,
+    MODALITY_VAR_COLUMN,
+    OBSERVED_OBSM_KEY,
+)
 
 from . import _compat
 from ._fingerprint import content_fingerprint, structure_fingerprint
@@ -38,6 +44,31 @@ logger = logging.getLogger("mosaicvi")
 
 MODALITIES_KEY = "modalities"  # registry key of the modality layout
 _MAX_SETUPS = 8  # setups remembered per model class (their arguments; one keeps its data)
+
+
+class AssembledMatrixField(LayerField):
+    """The assembled features as ``X``: an in-memory matrix, or one read from disk.
+
+    A MuData whose modalities stay on disk is assembled without ``X`` (its rows are a
+    :class:`~mosaicvi.data.MosaicRows`, read per minibatch); scvi-tools' ``LayerField`` would
+    try to check and convert a matrix it cannot hold, so that step is skipped for it.
+    """
+
+    def __init__(self):
+        super().__init__(REGISTRY_KEYS.X_KEY, None, is_count_data=False)
+
+    def validate_field(self, adata) -> None:  # noqa: D102
+        if not is_out_of_core(adata):
+            super().validate_field(adata)
+
+    def register_field(self, adata) -> dict:  # noqa: D102
+        if not is_out_of_core(adata):
+            return super().register_field(adata)
+        return {
+            self.N_OBS_KEY: adata.n_obs,
+            self.N_VARS_KEY: adata.n_vars,
+            self.COLUMN_NAMES_KEY: np.asarray(adata.var_names),
+        }
 
 
 class ModalitiesField(BaseAnnDataField):
@@ -263,7 +294,7 @@ class RegistrationMixin:
         model_args = {k: args[k] for k in cls._model_setup_args}
         var_names = {s.name: mdata.mod[s.mod_key].var_names for s in specs}
         fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, None, is_count_data=False),
+            AssembledMatrixField(),
             ModalitiesField(specs, var_names),
             CategoricalObsField(
                 REGISTRY_KEYS.BATCH_KEY, BATCH_COLUMN if args["batch_key"] is not None else None
@@ -484,10 +515,7 @@ class RegistrationMixin:
         from mosaicvi.distributions import get_likelihood
 
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
-        # one product with a features x modalities indicator: every library, no copy of X
-        owner = self.adata.var[MODALITY_VAR_COLUMN].to_numpy()
-        indicator = np.stack([owner == spec.name for spec in specs], axis=1).astype(np.float32)
-        totals = np.asarray(self.adata.X @ indicator)
+        totals = self.adata.obsm[LIBRARY_OBSM_KEY]  # summed at assembly, chunk by chunk
         means = np.zeros(len(specs), dtype=np.float32)
         for k, spec in enumerate(specs):
             seen = totals[observed[:, k], k]

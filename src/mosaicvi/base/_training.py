@@ -17,14 +17,15 @@ from scvi.dataloaders import AnnDataLoader, DataSplitter
 from scvi.model.base import UnsupervisedTrainingMixin
 from scvi.train import TrainingPlan
 
-from mosaicvi.dataloaders import InMemoryDataLoader, InMemoryDataSplitter
+from mosaicvi.data._backed import is_out_of_core
 
 from . import _compat
 from ._divergence import DivergenceGuard
 
 logger = logging.getLogger("mosaicvi")
 
-DataLoaderChoice = Literal["auto", "in_memory", "anndata"]
+DataLoaderChoice = Literal["auto", "in_memory", "out_of_core", "anndata"]
+_DATA_LOADERS = ("auto", "in_memory", "out_of_core", "anndata")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def default_max_epochs(n_cells: int) -> int:
 
 def _fits_in_memory(adata: ad.AnnData, fraction: float = 0.25) -> bool:
     """Whether in-memory tensors of ``adata`` (CSR parts + per-cell fields) fit in RAM."""
-    if adata.isbacked:
+    if adata.isbacked or is_out_of_core(adata):
         return False
     x = adata.X
     nnz = x.nnz if sp.issparse(x) else x.size
@@ -158,9 +159,11 @@ class TrainingMixin:
             weight decay, loss weights); they update ``training_defaults.plan_kwargs``. A KL
             warm-up over a quarter of the epochs (at most 50) is added unless given.
         data_loader
-            ``"auto"`` (default): minibatches from tensors built once in memory when they fit
-            in a quarter of the available RAM, else scvi-tools' AnnData loader;
-            ``"in_memory"`` or ``"anndata"`` to choose.
+            ``"auto"`` (default): for a MuData whose modalities stay on disk (see
+            :func:`mosaicvi.data.read_backed`), minibatches read from disk chunk by chunk;
+            otherwise from tensors built once in memory when they fit in a quarter of the
+            available RAM, else scvi-tools' AnnData loader. ``"in_memory"``,
+            ``"out_of_core"`` or ``"anndata"`` to choose.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer`.
         """
@@ -253,16 +256,48 @@ class TrainingMixin:
         """Pick the minibatch path for training and inference.
 
         ``"in_memory"``: :class:`~mosaicvi.dataloaders.InMemoryDataLoader` (fields built into
-        tensors once, sliced per minibatch); ``"anndata"``: scvi-tools' ``AnnDataLoader``;
-        ``"auto"``: in memory when the tensors take less than a quarter of the available RAM.
+        tensors once, sliced per minibatch); ``"out_of_core"``:
+        :class:`~mosaicvi.dataloaders.OutOfCoreDataLoader` (features read from disk in shuffled
+        blocks); ``"anndata"``: scvi-tools' ``AnnDataLoader``; ``"auto"``: out of core for data
+        on disk, else in memory when the tensors take less than a quarter of the available RAM.
         """
-        if data_loader not in ("auto", "in_memory", "anndata"):
-            raise ValueError(
-                f"data_loader must be 'auto', 'in_memory' or 'anndata', got {data_loader!r}."
-            )
+        # imported here: the loaders import scvi-tools internals through this package
+        from mosaicvi.dataloaders import (
+            InMemoryDataLoader,
+            InMemoryDataSplitter,
+            OutOfCoreDataLoader,
+            OutOfCoreDataSplitter,
+        )
+
+        if data_loader not in _DATA_LOADERS:
+            raise ValueError(f"data_loader must be one of {_DATA_LOADERS}, got {data_loader!r}.")
+        on_disk = is_out_of_core(self.adata)
         if data_loader == "auto":
-            data_loader = "in_memory" if _fits_in_memory(self.adata) else "anndata"
-        in_memory = data_loader == "in_memory"
-        self._data_splitter_cls = InMemoryDataSplitter if in_memory else DataSplitter
-        self._data_loader_cls = InMemoryDataLoader if in_memory else AnnDataLoader
+            if on_disk:
+                data_loader = "out_of_core"
+            else:
+                data_loader = "in_memory" if _fits_in_memory(self.adata) else "anndata"
+        if on_disk and data_loader != "out_of_core":
+            raise ValueError(
+                f"data_loader={data_loader!r} needs the data in memory, but this model's "
+                "MuData keeps its modalities on disk (backed). Use data_loader='out_of_core' "
+                "(the default for such data), or read the MuData into memory first "
+                "(`mdata = mdata.to_memory()`; then set it up again)."
+            )
+        splitters = {
+            "in_memory": (InMemoryDataSplitter, InMemoryDataLoader),
+            "out_of_core": (OutOfCoreDataSplitter, OutOfCoreDataLoader),
+            "anndata": (DataSplitter, AnnDataLoader),
+        }
+        self._data_splitter_cls, self._data_loader_cls = splitters[data_loader]
         self.data_loader_ = data_loader
+
+    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, **kwargs):
+        """scvi-tools' loader factory; data kept on disk is always read out of core."""
+        if is_out_of_core(adata) and "data_loader_class" not in kwargs:
+            from mosaicvi.dataloaders import OutOfCoreDataLoader
+
+            kwargs["data_loader_class"] = OutOfCoreDataLoader
+        return super()._make_data_loader(
+            adata=adata, indices=indices, batch_size=batch_size, shuffle=shuffle, **kwargs
+        )

@@ -1,5 +1,6 @@
 """MuData contract, mosaic assembly and the built-in simulator."""
 
+from ._backed import MosaicRows, read_backed
 from ._cell_cycle import cell_cycle_genes, score_cell_cycle
 from ._constants import OBSERVED_KEY
 from ._mosaic import (
@@ -16,6 +17,8 @@ from ._simulate import simulate
 
 __all__ = [
     "OBSERVED_KEY",
+    "MosaicRows",
+    "read_backed",
     "cell_cycle_genes",
     "score_cell_cycle",
     "ModalitySpec",

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._normalise import log_normalise, row_chunks, select
+from ._normalise import is_sparse_rows, log_normalise, row_chunks, select
 
 __all__ = [
     "G2M_GENES_HUMAN",
@@ -162,9 +162,9 @@ def _check_selection(
     """Validate the shape of ``counts`` against ``names``; returns the counts (an array unless
     sparse), the selected rows and columns (default: all) and the number of selected cells.
     """
-    if not sp.issparse(counts):
+    if not is_sparse_rows(counts):
         counts = np.asarray(counts)
-    if counts.ndim != 2:
+    if len(counts.shape) != 2:
         raise ValueError(f"`counts` must be 2-D (cells x genes), got shape {counts.shape}.")
     rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
     columns = slice(None) if columns is None else columns

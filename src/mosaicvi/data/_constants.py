@@ -2,6 +2,8 @@
 
 OBSERVED_KEY = "observed"  # registry key of the per-cell, per-modality observed mask
 OBSERVED_OBSM_KEY = "_mosaicvi_observed"
+LIBRARY_OBSM_KEY = "_mosaicvi_library"  # per-cell, per-modality sum of the registered values
+ROWS_UNS_KEY = "_mosaicvi_rows"  # an assembled AnnData whose features stay on disk keeps them here
 BATCH_COLUMN = "_mosaicvi_batch"
 MODALITY_VAR_COLUMN = "modality"
 

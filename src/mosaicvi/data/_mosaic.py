@@ -21,11 +21,14 @@ from mudata import MuData
 
 from mosaicvi.distributions import LIKELIHOODS, get_likelihood
 
+from ._backed import MosaicRows, is_backed, row_sums, stored_values
 from ._constants import (
     BATCH_COLUMN,
     DEFAULT_LIKELIHOOD_BY_NAME,
+    LIBRARY_OBSM_KEY,
     MODALITY_VAR_COLUMN,
     OBSERVED_OBSM_KEY,
+    ROWS_UNS_KEY,
 )
 from ._normalise import CHUNK_ROWS, row_chunks
 
@@ -112,23 +115,13 @@ def modality_matrix(mdata: MuData, mod_key: str, layer: str | None):
     return mod.layers[layer]
 
 
-def _values(matrix) -> np.ndarray:
-    """Stored values of a dense or sparse matrix (without copying where possible)."""
-    if sp.issparse(matrix):
-        return np.asarray(matrix.data)
-    return np.asarray(matrix).ravel()
+def _count_in_chunks(matrix, is_bad) -> int:
+    """Number of stored values where ``is_bad(piece)`` holds; temporaries stay piece-sized."""
+    return sum(int(is_bad(piece).sum()) for piece in stored_values(matrix))
 
 
-def _count_in_chunks(values: np.ndarray, is_bad, chunk_size: int = 1 << 24) -> int:
-    """Number of entries where ``is_bad(chunk)`` holds; temporaries stay chunk-sized."""
-    return sum(
-        int(is_bad(values[start : start + chunk_size]).sum())
-        for start in range(0, values.size, chunk_size)
-    )
-
-
-def _is_integer_valued(values: np.ndarray) -> bool:
-    return _count_in_chunks(values, lambda v: (v < 0) | (np.mod(v, 1) != 0)) == 0
+def _is_integer_valued(matrix) -> bool:
+    return _count_in_chunks(matrix, lambda v: (v < 0) | (np.mod(v, 1) != 0)) == 0
 
 
 def default_likelihood(name: str, matrix) -> str:
@@ -136,7 +129,7 @@ def default_likelihood(name: str, matrix) -> str:
     by_name = DEFAULT_LIKELIHOOD_BY_NAME.get(name.lower())
     if by_name is not None:
         return by_name
-    return "nb" if _is_integer_valued(_values(matrix)) else "normal"
+    return "nb" if _is_integer_valued(matrix) else "normal"
 
 
 def validate_features(name: str, mod_key: str, var_names: pd.Index) -> None:
@@ -159,8 +152,7 @@ def validate_features(name: str, mod_key: str, var_names: pd.Index) -> None:
 
 def validate_matrix(name: str, matrix, likelihood: str) -> None:
     """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods."""
-    values = _values(matrix)
-    n_bad = _count_in_chunks(values, lambda v: ~np.isfinite(v))
+    n_bad = _count_in_chunks(matrix, lambda v: ~np.isfinite(v))
     if n_bad:
         raise ValueError(
             f"Modality {name!r} contains {n_bad} NaN or infinite values. Remove or impute them "
@@ -168,7 +160,7 @@ def validate_matrix(name: str, matrix, likelihood: str) -> None:
         )
     lik = get_likelihood(likelihood)
     if lik.requires_counts or lik.name == "bernoulli":
-        n_negative = _count_in_chunks(values, lambda v: v < 0)
+        n_negative = _count_in_chunks(matrix, lambda v: v < 0)
         if n_negative:
             raise ValueError(
                 f"Modality {name!r} has {n_negative} negative values, which the {likelihood!r} "
@@ -176,7 +168,7 @@ def validate_matrix(name: str, matrix, likelihood: str) -> None:
                 "`likelihoods={...: 'normal'}` for transformed data."
             )
     if lik.requires_counts:
-        n_fractional = _count_in_chunks(values, lambda v: np.mod(v, 1) != 0)
+        n_fractional = _count_in_chunks(matrix, lambda v: np.mod(v, 1) != 0)
         if n_fractional:
             raise ValueError(
                 f"Modality {name!r} has {n_fractional} non-integer values but the {likelihood!r} "
@@ -335,19 +327,25 @@ def assemble_mosaic(
             "modalities. Subset the MuData to cells with data, e.g. `mdata[cells].copy()`."
         )
 
-    blocks, var_frames = [], []
+    matrices = [modality_matrix(mdata, spec.mod_key, spec.layer) for spec in specs]
+    out_of_core = any(is_backed(matrix) for matrix in matrices)
+    blocks, sources, var_frames = [], [], []
+    library = np.zeros((mdata.n_obs, len(specs)), dtype=np.float32)
     totals = np.zeros(mdata.n_obs)
-    for spec in specs:
+    for k, (spec, matrix) in enumerate(zip(specs, matrices)):
         mod = mdata.mod[spec.mod_key]
         positions = mdata.obs_names.get_indexer(mod.obs_names)
-        block = _padded_rows(
-            modality_matrix(mdata, spec.mod_key, spec.layer), positions, mdata.n_obs
-        )
-        if get_likelihood(spec.likelihood).uses_library:
-            totals += np.asarray(block.sum(1)).ravel()
+        if out_of_core:  # keep the data where it is; read it once for the library sizes
+            sources.append(_rows_in_source(positions, mdata.n_obs))
+            library[positions, k] = row_sums(matrix)
         else:
-            totals += 1.0  # continuous or binary data always carries information
-        blocks.append(block)
+            block = _padded_rows(matrix, positions, mdata.n_obs)
+            library[:, k] = np.asarray(block.sum(1)).ravel()
+            blocks.append(block)
+        if get_likelihood(spec.likelihood).uses_library:
+            totals += library[:, k]
+        else:
+            totals[positions] += 1.0  # continuous or binary data always carries information
         var_frames.append(
             pd.DataFrame(
                 {MODALITY_VAR_COLUMN: spec.name, "feature": mod.var_names.astype(str)},
@@ -375,9 +373,21 @@ def assemble_mosaic(
         obs[key] = column.to_numpy(dtype=np.float32)
 
     assembled = ad.AnnData(
-        X=_hstack_rows(blocks),
+        X=None if out_of_core else _hstack_rows(blocks),
         obs=obs,
         var=pd.concat(var_frames),
     )
+    if out_of_core:
+        assembled.uns[ROWS_UNS_KEY] = MosaicRows(matrices, sources, mdata.n_obs)
     assembled.obsm[OBSERVED_OBSM_KEY] = mask.astype(np.float32)
+    assembled.obsm[LIBRARY_OBSM_KEY] = library
     return assembled
+
+
+def _rows_in_source(positions: np.ndarray, n_cells: int) -> np.ndarray | None:
+    """For each assembled cell its row in a modality (``-1``: absent); ``None``: identity."""
+    if len(positions) == n_cells and np.array_equal(positions, np.arange(n_cells)):
+        return None
+    rows = np.full(n_cells, -1, dtype=np.int64)
+    rows[positions] = np.arange(len(positions))
+    return rows

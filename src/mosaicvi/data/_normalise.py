@@ -23,6 +23,11 @@ def row_chunks(rows: np.ndarray, chunk_size: int = CHUNK_ROWS) -> Iterator[np.nd
         yield rows[start : start + chunk_size]
 
 
+def is_sparse_rows(matrix) -> bool:
+    """Whether rows of ``matrix`` come back sparse: a scipy matrix, or one read from disk."""
+    return sp.issparse(matrix) or getattr(matrix, "format", None) in ("csr", "csc")
+
+
 def select(matrix, rows: np.ndarray, columns: slice):
     """``matrix[rows][:, columns]`` as CSR for sparse input (any format), else an ndarray."""
     block = matrix[rows]
@@ -71,7 +76,7 @@ def log_normalise(
     rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
     columns = slice(None) if columns is None else columns
     n_columns = len(range(*columns.indices(counts.shape[1])))
-    if not sp.issparse(counts):
+    if not is_sparse_rows(counts):
         out = np.empty((len(rows), n_columns), dtype=dtype)
         start = 0
         for chunk in row_chunks(rows, chunk_size):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.dataloaders import DataSplitter
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -79,15 +80,29 @@ class TensorBank:
         Where the tensors live (``"cpu"`` or a CUDA device).
     pin_memory
         Pin CPU tensors so copies to a GPU can be asynchronous.
+    skip
+        Registry keys to leave out (the out-of-core loader reads ``X`` itself).
     """
 
     def __init__(
-        self, adata_manager: AnnDataManager, device: str | torch.device = "cpu", pin_memory=False
+        self,
+        adata_manager: AnnDataManager,
+        device: str | torch.device = "cpu",
+        pin_memory: bool = False,
+        skip: tuple[str, ...] = (),
     ):
         self.device = torch.device(device)
         self.fields: dict[str, torch.Tensor | _CSRRows] = {}
         for key in adata_manager.data_registry:
+            if key in skip:
+                continue
             value = adata_manager.get_from_registry(key)
+            if value is None and key == REGISTRY_KEYS.X_KEY:
+                raise ValueError(
+                    "The features of this data stay on disk (a backed MuData), so they cannot "
+                    "be loaded as in-memory tensors. Train with `data_loader='out_of_core'` (or "
+                    "'auto'), or read the MuData into memory first (`mdata.to_memory()`)."
+                )
             if sp.issparse(value):
                 self.fields[key] = _CSRRows(value, self.device, pin_memory)
                 continue

@@ -19,6 +19,7 @@ from mosaicvi.base._output import collect_rows
 from mosaicvi.base._outputs import check_library_size
 from mosaicvi.base._registration import locals_without
 from mosaicvi.data import ModalitySpec
+from mosaicvi.data._backed import assembled_matrix
 from mosaicvi.data._constants import OBSERVED_OBSM_KEY
 
 from . import _supervision
@@ -179,7 +180,11 @@ class JAE(NoLikelihoodMixin, MosaicModel):
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
         for k, (transform, columns) in enumerate(zip(self.module.transforms, self.module.slices)):
             if not bool(transform.fitted):
-                transform.fit(self.adata.X, rows=np.flatnonzero(observed[:, k]), columns=columns)
+                transform.fit(
+                    assembled_matrix(self.adata),
+                    rows=np.flatnonzero(observed[:, k]),
+                    columns=columns,
+                )
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -18,6 +18,7 @@ from scvi import REGISTRY_KEYS
 
 from mosaicvi.base import _compat
 from mosaicvi.data import ModalitySpec, score_cell_cycle
+from mosaicvi.data._backed import assembled_matrix
 from mosaicvi.data._constants import OBSERVED_OBSM_KEY
 from mosaicvi.data._mosaic import _obs_column
 
@@ -112,7 +113,7 @@ def cell_cycle_matrix(
         return scores
     start = sum(s.n_vars for s in specs[:k])
     s_score, g2m_score, info = score_cell_cycle(
-        assembled.X,
+        assembled_matrix(assembled),
         mdata.mod[specs[k].mod_key].var_names,
         organism=model_args["organism"],
         rows=np.flatnonzero(has),

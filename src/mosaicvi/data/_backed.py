@@ -1,0 +1,229 @@
+"""Modalities kept on disk: an assembled matrix whose rows are read on demand.
+
+A MuData opened with ``mudata.read_h5mu(path, backed=True)`` (or a zarr store opened with
+:func:`read_backed`) holds each modality's ``X`` as an on-disk array. Its assembly keeps only
+per-cell fields in memory; the features of all modalities side by side are a
+:class:`MosaicRows`, which reads the requested cells from every modality's file and returns them
+as one CSR block. Reads of consecutive cells are one slice per run, which is what keeps HDF5 and
+zarr reads fast (see :mod:`mosaicvi.dataloaders` for the sampling that produces such runs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from mudata import MuData
+
+from ._constants import ROWS_UNS_KEY
+
+#: stored values read at a time when a backed matrix is validated
+_VALUE_CHUNK = 1 << 24
+#: rows read at a time when a backed matrix is scanned whole (library sizes, validation)
+SCAN_ROWS = 20_000
+
+
+def is_backed(matrix) -> bool:
+    """Whether ``matrix`` is an on-disk array (anything but a numpy array or scipy matrix)."""
+    return matrix is not None and not (isinstance(matrix, np.ndarray) or sp.issparse(matrix))
+
+
+def _csr(block) -> sp.csr_matrix:
+    if isinstance(block, sp.csr_matrix) and block.dtype == np.float32:
+        return block
+    return sp.csr_matrix(block, dtype=np.float32)
+
+
+def read_rows(matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """Rows of ``matrix`` at sorted, unique positions ``rows``, as a float32 CSR matrix.
+
+    An on-disk matrix is read one slice per run of consecutive rows: HDF5 and zarr serve a
+    slice in one request, while a fancy index costs one request per row.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if not is_backed(matrix):
+        return _csr(matrix[rows])
+    if len(rows) == 0:
+        return sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(rows)]])
+    blocks = [_csr(matrix[rows[a] : rows[b - 1] + 1]) for a, b in zip(starts, stops)]
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr", dtype=np.float32)
+
+
+def row_spans(n_rows: int, chunk_rows: int = SCAN_ROWS) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of consecutive pieces of ``n_rows`` rows."""
+    for start in range(0, n_rows, chunk_rows):
+        yield start, min(start + chunk_rows, n_rows)
+
+
+def stored_values(matrix, chunk_size: int = _VALUE_CHUNK) -> Iterator[np.ndarray]:
+    """The stored values of a dense, sparse or on-disk matrix, piece by piece.
+
+    In memory the pieces are views; on disk a sparse matrix's ``data`` array is read in
+    slices and a dense one row block by row block, so memory holds one piece at a time.
+    """
+    if sp.issparse(matrix) or isinstance(matrix, np.ndarray):
+        values = np.asarray(matrix.data if sp.issparse(matrix) else matrix).ravel()
+        for start in range(0, values.size, chunk_size):
+            yield values[start : start + chunk_size]
+        return
+    group = getattr(matrix, "group", None)
+    if group is not None and "data" in group:  # anndata's backed CSR/CSC dataset
+        data = group["data"]
+        for start in range(0, data.shape[0], chunk_size):
+            yield np.asarray(data[start : start + chunk_size])
+        return
+    rows_per_chunk = max(1, chunk_size // max(1, matrix.shape[1]))
+    for start, stop in row_spans(matrix.shape[0], rows_per_chunk):
+        yield np.asarray(matrix[start:stop]).ravel()
+
+
+def row_sums(matrix) -> np.ndarray:
+    """Sum of each row (float64), reading an on-disk matrix block by block."""
+    if not is_backed(matrix):
+        return np.asarray(matrix.sum(1), dtype=np.float64).ravel()
+    sums = np.zeros(matrix.shape[0])
+    for start, stop in row_spans(matrix.shape[0]):
+        sums[start:stop] = np.asarray(_csr(matrix[start:stop]).sum(1)).ravel()
+    return sums
+
+
+class MosaicRows:
+    """The assembled ``cells x features`` matrix of modalities that stay on disk.
+
+    Parameters
+    ----------
+    sources
+        One matrix per modality (on disk or in memory), rows in that modality's cell order.
+    rows_in_source
+        Per modality, for each assembled cell its row in the source, ``-1`` where the cell
+        lacks the modality; ``None`` where the source has every cell in assembled order.
+    n_obs
+        Number of assembled cells.
+    """
+
+    format = "csr"  # what rows come back as; lets chunked readers take the sparse path
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    def __init__(self, sources: Sequence, rows_in_source: Sequence[np.ndarray | None], n_obs: int):
+        self.sources = list(sources)
+        self.rows_in_source = [
+            None if r is None else np.asarray(r, dtype=np.int64) for r in rows_in_source
+        ]
+        widths = [int(s.shape[1]) for s in self.sources]
+        self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        self.shape = (int(n_obs), int(self.offsets[-1]))
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(type(s).__name__ for s in self.sources)
+        return f"MosaicRows({self.shape[0]} cells x {self.shape[1]} features from {kinds})"
+
+    def read(self, rows) -> sp.csr_matrix:
+        """The assembled rows ``rows`` (any order, repeats allowed) as float32 CSR."""
+        rows = np.asarray(rows, dtype=np.int64)
+        blocks = [self._modality_rows(k, rows) for k in range(len(self.sources))]
+        return sp.hstack(blocks, format="csr", dtype=np.float32)
+
+    def _modality_rows(self, k: int, rows: np.ndarray) -> sp.csr_matrix:
+        source, mapping = self.sources[k], self.rows_in_source[k]
+        in_source = rows if mapping is None else mapping[rows]
+        present = np.flatnonzero(in_source >= 0)
+        wanted, order = np.unique(in_source[present], return_inverse=True)
+        block = read_rows(source, wanted)[order]
+        if len(present) == len(rows):
+            return block
+        # place the cells that have the modality; the others stay empty rows
+        selector = sp.csr_matrix(
+            (np.ones(len(present), dtype=np.float32), (present, np.arange(len(present)))),
+            shape=(len(rows), len(present)),
+        )
+        return (selector @ block).tocsr()
+
+    def __getitem__(self, key) -> sp.csr_matrix:
+        columns = None
+        if isinstance(key, tuple):
+            key, columns = key
+        if isinstance(key, slice):
+            key = np.arange(*key.indices(self.shape[0]))
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        block = self.read(np.atleast_1d(key))
+        return block if columns is None else block[:, columns]
+
+
+def assembled_matrix(adata: ad.AnnData):
+    """The features of an assembled AnnData: its ``X``, or the on-disk :class:`MosaicRows`."""
+    if adata.X is None and ROWS_UNS_KEY in adata.uns:
+        return adata.uns[ROWS_UNS_KEY]
+    return adata.X
+
+
+def is_out_of_core(adata: ad.AnnData) -> bool:
+    """Whether an assembled AnnData reads its features from disk."""
+    return adata.X is None and ROWS_UNS_KEY in adata.uns
+
+
+def read_backed(path: str | os.PathLike) -> MuData:
+    """Open an ``.h5mu`` file or a MuData zarr store with every modality's ``X`` left on disk.
+
+    ``.obs``, ``.var`` and the other annotations are read into memory; each modality's ``X``
+    stays an on-disk array (HDF5 or zarr) that models read cell block by cell block. Layers are
+    read into memory by ``mudata`` (only ``X`` is backed), so store raw counts in ``X``.
+
+    Parameters
+    ----------
+    path
+        A ``.h5mu`` file (opened with ``mudata.read_h5mu(path, backed="r")``) or a ``.zarr``
+        folder written by ``mdata.write_zarr``.
+    """
+    import mudata
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist. Pass an .h5mu file or a .zarr store.")
+    if path.suffix == ".h5mu" or path.is_file():
+        return mudata.read_h5mu(path, backed="r")
+    return _read_zarr_backed(path)
+
+
+def _read_zarr_backed(path: Path) -> MuData:
+    import zarr
+
+    try:
+        from anndata.io import read_elem, sparse_dataset
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem, sparse_dataset
+
+    root = zarr.open(str(path), mode="r")
+    if "mod" not in root:
+        raise ValueError(
+            f"{path} is not a MuData zarr store (it has no 'mod' group). Write one with "
+            "`mdata.write_zarr(path)`."
+        )
+    mods = {}
+    order = list(root["mod"].attrs.get("mod-order", [])) or sorted(root["mod"])
+    for name in order:
+        group = root["mod"][name]
+        x = group["X"]
+        matrix = sparse_dataset(x) if isinstance(x, zarr.Group) else x
+        annotations = {
+            key: read_elem(group[key])
+            for key in ("obs", "var", "obsm", "varm", "layers", "uns")
+            if key in group
+        }
+        mods[name] = ad.AnnData(X=matrix, **annotations)
+    mdata = MuData(mods)
+    if "obs" in root:
+        obs = read_elem(root["obs"])
+        own = [c for c in obs.columns if c not in mdata.obs.columns]
+        for column in own:
+            mdata.obs[column] = obs[column].reindex(mdata.obs_names)
+    return mdata

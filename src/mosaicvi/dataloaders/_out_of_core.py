@@ -1,0 +1,222 @@
+"""Minibatches of data that stay on disk: shuffled blocks of cells, read ahead in a thread.
+
+Per-cell fields (batch, covariates, observed mask) are small and kept as tensors (a
+:class:`~mosaicvi.dataloaders.TensorBank` without ``X``). The features are read from the
+assembled matrix, a :class:`~mosaicvi.data.MosaicRows` over each modality's file or an
+in-memory matrix, a *chunk* at a time:
+
+- Training shuffles *blocks* of ``block_size`` consecutive cells (so each block is one slice
+  read from HDF5 or zarr), groups ``blocks_per_chunk`` random blocks into a chunk and shuffles
+  the cells of a chunk before cutting it into minibatches. A minibatch thus mixes cells from
+  ``blocks_per_chunk`` places of the file; ``benchmarks/out_of_core.py`` measures what this
+  costs against full shuffling.
+- A background thread reads the next chunk while the model trains on the current one.
+- Under DDP every process takes its own blocks (the same number of minibatches on each), so
+  each process reads only its shard of the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.distributed as dist
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.dataloaders import DataSplitter
+from torch.utils.data import DataLoader, IterableDataset
+
+from mosaicvi.data._backed import assembled_matrix
+
+from ._in_memory import TensorBank, _identity
+
+# Lightning warns that __len__ of an IterableDataset may be wrong with several worker
+# processes; this loader reads in a thread of the main process, where it is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+#: consecutive cells read in one slice
+BLOCK_SIZE = 64
+#: blocks whose cells are shuffled together (a chunk of 64 x 64 = 4,096 cells)
+BLOCKS_PER_CHUNK = 64
+
+
+def _process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` outside distributed training)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ChunkStream(IterableDataset):
+    """Iterate minibatch dicts over ``indices`` of an assembled matrix, chunk by chunk."""
+
+    def __init__(
+        self,
+        matrix,
+        bank: TensorBank,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        distributed: bool,
+        block_size: int,
+        blocks_per_chunk: int,
+        seed: int,
+    ):
+        self.matrix, self.bank = matrix, bank
+        # order matters only without shuffling (outputs follow ``indices``)
+        self.indices = np.sort(indices) if shuffle else np.asarray(indices)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.distributed = distributed
+        self.block_size, self.blocks_per_chunk = block_size, blocks_per_chunk
+        self.seed, self.epoch = seed, 0
+
+    # ---------------------------------------------------------------- the plan of an epoch
+    def _cells_of_this_process(self, rng: np.random.Generator) -> np.ndarray:
+        """Positions into ``indices`` this process visits this epoch, in visiting order."""
+        n = len(self.indices)
+        blocks = np.arange(0, n, self.block_size)
+        if self.shuffle:
+            blocks = rng.permutation(blocks)
+        rank, world = _process_group() if self.distributed else (0, 1)
+        mine = blocks[rank::world]
+        cells = [np.arange(b, min(b + self.block_size, n)) for b in mine]
+        order = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
+        if world > 1:  # the same number of cells on every process (DDP steps in lockstep)
+            order = order[: self._cells_per_process(n, world)]
+        return order
+
+    def _cells_per_process(self, n: int, world: int) -> int:
+        """Fewest cells any process can get: its share of full blocks, less the short one."""
+        n_blocks = -(-n // self.block_size)
+        short_by = n_blocks * self.block_size - n  # the last block's missing cells
+        return max(0, (n_blocks // world) * self.block_size - short_by)
+
+    def _n_cells(self) -> int:
+        n = len(self.indices)
+        world = _process_group()[1] if self.distributed else 1
+        return n if world == 1 else self._cells_per_process(n, world)
+
+    def __len__(self) -> int:
+        n = self._n_cells()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _chunks(self, order: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Cells of each chunk, shuffled within the chunk when training."""
+        chunk_cells = self.block_size * self.blocks_per_chunk
+        chunks = [order[s : s + chunk_cells] for s in range(0, len(order), chunk_cells)]
+        return [rng.permutation(c) for c in chunks] if self.shuffle else chunks
+
+    # ---------------------------------------------------------------- reading
+    def _read(self, positions: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix(self.matrix[self.indices[positions]], dtype=np.float32)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = self._cells_of_this_process(rng)
+        chunks = self._chunks(order, rng)
+        n_batches = len(self)
+        pending_rows, pending_x = np.zeros(0, dtype=np.int64), None
+        emitted = 0
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            future = reader.submit(self._read, chunks[0]) if chunks else None
+            for i, chunk in enumerate(chunks):
+                x = future.result()
+                if i + 1 < len(chunks):  # read ahead while this chunk is trained on
+                    future = reader.submit(self._read, chunks[i + 1])
+                if pending_x is not None:
+                    chunk = np.concatenate([pending_rows, chunk])
+                    x = sp.vstack([pending_x, x], format="csr")
+                n_full = len(chunk) // self.batch_size
+                for b in range(n_full):
+                    if emitted == n_batches:
+                        return
+                    span = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                    yield self._batch(chunk[span], x[span])
+                    emitted += 1
+                rest = slice(n_full * self.batch_size, None)
+                pending_rows, pending_x = chunk[rest], x[rest] if len(chunk[rest]) else None
+            if pending_x is not None and emitted < n_batches:
+                yield self._batch(pending_rows, pending_x)
+
+    def _batch(self, positions: np.ndarray, x: sp.csr_matrix) -> dict[str, torch.Tensor]:
+        batch = self.bank.rows(self.indices[positions])
+        batch[REGISTRY_KEYS.X_KEY] = torch.from_numpy(x.toarray())
+        return batch
+
+
+class OutOfCoreDataLoader(DataLoader):
+    """Minibatches read from disk chunk by chunk (works on in-memory data too).
+
+    Drop-in replacement of :class:`~scvi.dataloaders.AnnDataLoader` for data whose modalities
+    stay on disk (a backed ``.h5mu`` or a zarr store, see :func:`mosaicvi.data.read_backed`).
+
+    Parameters
+    ----------
+    adata_manager
+        Registered (assembled) data.
+    indices
+        Cells to iterate over (all by default). Without shuffling they come in this order.
+    batch_size, shuffle, drop_last
+        As in :class:`~scvi.dataloaders.AnnDataLoader`.
+    distributed_sampler
+        Shard the cells across DDP processes, each reading only its blocks.
+    block_size
+        Consecutive cells read in one slice.
+    blocks_per_chunk
+        Blocks read together and shuffled as one chunk (1: block shuffling only).
+    seed
+        Seed of the block order (default: torch's initial seed, the same on every DDP
+        process when the run is seeded).
+    **kwargs
+        Accepted for compatibility (``pin_memory``, ``load_sparse_tensor``, ...) and ignored.
+    """
+
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        indices=None,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        distributed_sampler: bool = False,
+        block_size: int = BLOCK_SIZE,
+        blocks_per_chunk: int = BLOCKS_PER_CHUNK,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        n_obs = adata_manager.adata.n_obs
+        indices = np.arange(n_obs) if indices is None else np.asarray(indices)
+        if indices.dtype == bool:
+            indices = np.flatnonzero(indices)
+        if block_size < 1 or blocks_per_chunk < 1:
+            raise ValueError(
+                f"block_size and blocks_per_chunk must be >= 1, got {block_size}, "
+                f"{blocks_per_chunk}."
+            )
+        self.indices = indices
+        bank = TensorBank(adata_manager, skip=(REGISTRY_KEYS.X_KEY,))
+        dataset = _ChunkStream(
+            assembled_matrix(adata_manager.adata),
+            bank,
+            indices,
+            batch_size,
+            shuffle,
+            drop_last,
+            distributed_sampler,
+            block_size,
+            blocks_per_chunk,
+            int(torch.initial_seed() % 2**32) if seed is None else seed,
+        )
+        super().__init__(dataset, batch_size=None, collate_fn=_identity, num_workers=0)
+
+
+class OutOfCoreDataSplitter(DataSplitter):
+    """scvi-tools' train/validation split with :class:`OutOfCoreDataLoader` loaders."""
+
+    data_loader_cls = OutOfCoreDataLoader
