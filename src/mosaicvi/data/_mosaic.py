@@ -115,9 +115,9 @@ def modality_matrix(mdata: MuData, mod_key: str, layer: str | None):
     return mod.layers[layer]
 
 
-def _count_in_chunks(matrix, is_bad) -> int:
+def _count_in_chunks(matrix, is_bad, chunk_size: int = 1 << 24) -> int:
     """Number of stored values where ``is_bad(piece)`` holds; temporaries stay piece-sized."""
-    return sum(int(is_bad(piece).sum()) for piece in stored_values(matrix))
+    return sum(int(is_bad(piece).sum()) for piece in stored_values(matrix, chunk_size))
 
 
 def _is_integer_valued(matrix) -> bool:
