@@ -2,7 +2,8 @@
 
 Usage: python tests/contract/ddp_worker.py METHOD OUT_DIR (a name of ``mosaicvi.registry``).
 Lightning re-launches this script once per extra process, so everything here runs in every
-rank; only rank 0 writes the outputs.
+rank; only rank 0 writes the outputs. With ``MOSAICVI_BACKED_FILE`` set, a second model trains
+on that ``.h5mu`` file opened backed (each process reads its own shard of it).
 """
 
 import inspect
@@ -15,9 +16,12 @@ import torch
 import mosaicvi as mv
 
 
-def main(method_name: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    mdata = mv.data.simulate(n_cells=240, n_genes=50, n_proteins=8, n_batches=2, seed=0)
+def simulated():
+    """The data every DDP test trains on."""
+    return mv.data.simulate(n_cells=240, n_genes=50, n_proteins=8, n_batches=2, seed=0)
+
+
+def train_and_save(method_name: str, mdata, out_path: str) -> None:
     cls = mv.registry.get(method_name).model_class()
     setup_args = inspect.signature(cls.setup_mudata).parameters
     cls.setup_mudata(
@@ -42,12 +46,22 @@ def main(method_name: str, out_dir: str) -> None:
     if rank == 0:
         z = model.get_latent_representation()
         np.savez(
-            os.path.join(out_dir, "result.npz"),
+            out_path,
             z=z,
             n_latent=int(model.module.n_latent),
             steps=int(model.trainer.global_step),
             n_optimizers=len(model.trainer.optimizers),
+            data_loader=model.data_loader_,
         )
+
+
+def main(method_name: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    train_and_save(method_name, simulated(), os.path.join(out_dir, "result.npz"))
+    backed_file = os.environ.get("MOSAICVI_BACKED_FILE")
+    if backed_file:  # the processes are launched: a second fit reuses them
+        mdata = mv.data.read_backed(backed_file)
+        train_and_save(method_name, mdata, os.path.join(out_dir, "backed.npz"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
+from ._backed import is_backed
 from ._mosaic import ModalitySpec, modality_matrix, validate_features
 
 MIN_FEATURE_OVERLAP = 0.5
@@ -22,12 +23,19 @@ class _Reference(Protocol):
     def modality_var_names(self, modality: str) -> pd.Index: ...
 
 
-def _aligned_matrix(matrix, given: pd.Index, expected: pd.Index):
+def _aligned_matrix(matrix, given: pd.Index, expected: pd.Index, name: str):
     """Columns of ``matrix`` reordered to ``expected``; absent features become zero columns."""
     positions = given.get_indexer(expected)
     present = positions >= 0
     if present.all() and np.array_equal(positions, np.arange(len(given))):
         return matrix
+    if is_backed(matrix):
+        raise ValueError(
+            f"The query's {name!r} features differ from the reference's (order or set), and "
+            "its X is on disk (a backed MuData), where mosaicvi does not reorder columns. Write "
+            f"the query with the reference's features (`model.modality_var_names({name!r})`, "
+            "absent ones as zero columns), or read it into memory (`query.to_memory()`)."
+        )
     matrix = sp.csc_matrix(matrix, dtype=np.float32)
     selector = sp.csr_matrix(
         (
@@ -114,7 +122,9 @@ def prepare_query(
                 f"Dropping {n_extra} query {spec.name!r} features unknown to the reference.",
                 stacklevel=2,
             )
-        matrix = _aligned_matrix(modality_matrix(query, spec.mod_key, layer), given, expected)
+        matrix = _aligned_matrix(
+            modality_matrix(query, spec.mod_key, layer), given, expected, spec.name
+        )
         mods[spec.mod_key] = ad.AnnData(
             X=matrix,
             obs=pd.DataFrame(index=mod.obs_names),
