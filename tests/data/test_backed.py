@@ -12,7 +12,13 @@ import scipy.sparse as sp
 
 import mosaicvi as mv
 from mosaicvi.data import assemble_mosaic, build_specs
-from mosaicvi.data._backed import assembled_matrix, is_out_of_core, read_rows
+from mosaicvi.data._backed import (
+    DiskCSR,
+    assembled_matrix,
+    is_out_of_core,
+    read_rows,
+    row_reader,
+)
 from mosaicvi.data._constants import LIBRARY_OBSM_KEY, OBSERVED_OBSM_KEY
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -92,6 +98,11 @@ def test_runs_of_consecutive_rows_are_read_as_slices(tmp_path):
     rows = np.array([0, 1, 2, 3, 10, 11, 12, 40])
     np.testing.assert_array_equal(read_rows(Counting(), rows).toarray(), matrix[rows].toarray())
     assert calls == [slice(0, 4), slice(10, 13), slice(40, 41)]
+    # on-disk CSR is read from its data and indices arrays directly, with the same result
+    reader = row_reader(backed)
+    assert isinstance(reader, DiskCSR)
+    for some in (rows, np.arange(50), np.array([49]), np.array([], dtype=int)):
+        np.testing.assert_array_equal(read_rows(reader, some).toarray(), matrix[some].toarray())
 
 
 def test_bad_values_on_disk_are_named_before_training(tmp_path):
@@ -129,3 +140,12 @@ def test_setup_of_a_backed_mudata_leaves_the_file_unchanged(tmp_path):
         assert "mod" in fh
     backed.file.close()
     assert path.read_bytes() == before
+
+
+def test_a_modality_stored_by_feature_on_disk_is_refused_with_the_fix(tmp_path):
+    mdata = _mosaic(120)
+    mdata["rna"].X = sp.csc_matrix(mdata["rna"].X)
+    path = tmp_path / "csc.h5mu"
+    mdata.write(path)
+    with pytest.raises(ValueError, match=r"(?s)'rna'.*CSC.*csr_matrix"):
+        mv.model.MultiVAE.setup_mudata(mv.data.read_backed(path), batch_key="batch")

@@ -38,6 +38,57 @@ def _csr(block) -> sp.csr_matrix:
     return sp.csr_matrix(block, dtype=np.float32)
 
 
+class DiskCSR:
+    """An on-disk CSR matrix whose rows are read straight from its ``data`` and ``indices``.
+
+    ``indptr`` (one integer per cell) is read into memory once; a run of consecutive rows is
+    then two slice reads. anndata's backed dataset costs about 2.5 ms per slice call (it
+    re-reads ``indptr`` and builds a matrix for each), 30 times more than the reads themselves
+    for 64-cell blocks (measured on a 20,000-cell CITE-like file).
+    """
+
+    format = "csr"
+
+    def __init__(self, matrix):
+        group = matrix.group
+        self.data, self.indices = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        self.shape = tuple(int(n) for n in matrix.shape)
+
+    def runs(self, starts: np.ndarray, stops: np.ndarray) -> sp.csr_matrix:
+        """Rows ``starts[i]:stops[i]`` of every run, stacked."""
+        lows, highs = self.indptr[starts], self.indptr[stops]
+        data = [np.asarray(self.data[lo:hi], dtype=np.float32) for lo, hi in zip(lows, highs)]
+        indices = [np.asarray(self.indices[lo:hi]) for lo, hi in zip(lows, highs)]
+        row_nnz = np.concatenate([np.diff(self.indptr[a : b + 1]) for a, b in zip(starts, stops)])
+        indptr = np.zeros(len(row_nnz) + 1, dtype=np.int64)
+        np.cumsum(row_nnz, out=indptr[1:])
+        return sp.csr_matrix(
+            (np.concatenate(data), np.concatenate(indices), indptr),
+            shape=(len(row_nnz), self.shape[1]),
+        )
+
+    def __getitem__(self, key: slice) -> sp.csr_matrix:
+        start, stop, _ = key.indices(self.shape[0])
+        return self.runs(np.array([start]), np.array([stop]))
+
+
+def row_reader(matrix, name: str = "modality"):
+    """What rows of ``matrix`` are read through: itself, or a :class:`DiskCSR` for on-disk CSR."""
+    if not is_backed(matrix):
+        return matrix
+    group = getattr(matrix, "group", None)
+    if getattr(matrix, "format", None) == "csc":
+        raise ValueError(
+            f"The X of {name} is stored on disk as CSC (by feature), from which a block of cells "
+            "is one read per feature. Store it as CSR (by cell): read it into memory and "
+            "`adata.X = scipy.sparse.csr_matrix(adata.X)`, then write the file again."
+        )
+    if group is not None and {"data", "indices", "indptr"} <= set(group.keys()):
+        return DiskCSR(matrix)
+    return matrix
+
+
 def read_rows(matrix, rows: np.ndarray) -> sp.csr_matrix:
     """Rows of ``matrix`` at sorted, unique positions ``rows``, as a float32 CSR matrix.
 
@@ -50,9 +101,11 @@ def read_rows(matrix, rows: np.ndarray) -> sp.csr_matrix:
     if len(rows) == 0:
         return sp.csr_matrix((0, matrix.shape[1]), dtype=np.float32)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [len(rows)]])
-    blocks = [_csr(matrix[rows[a] : rows[b - 1] + 1]) for a, b in zip(starts, stops)]
+    starts = rows[np.concatenate([[0], breaks])]
+    stops = rows[np.concatenate([breaks, [len(rows)]]) - 1] + 1
+    if isinstance(matrix, DiskCSR):
+        return matrix.runs(starts, stops)
+    blocks = [_csr(matrix[a:b]) for a, b in zip(starts, stops)]
     return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr", dtype=np.float32)
 
 
@@ -88,6 +141,7 @@ def row_sums(matrix) -> np.ndarray:
     """Sum of each row (float64), reading an on-disk matrix block by block."""
     if not is_backed(matrix):
         return np.asarray(matrix.sum(1), dtype=np.float64).ravel()
+    matrix = row_reader(matrix)
     sums = np.zeros(matrix.shape[0])
     for start, stop in row_spans(matrix.shape[0]):
         sums[start:stop] = np.asarray(_csr(matrix[start:stop]).sum(1)).ravel()
@@ -113,7 +167,7 @@ class MosaicRows:
     ndim = 2
 
     def __init__(self, sources: Sequence, rows_in_source: Sequence[np.ndarray | None], n_obs: int):
-        self.sources = list(sources)
+        self.sources = [row_reader(source) for source in sources]
         self.rows_in_source = [
             None if r is None else np.asarray(r, dtype=np.int64) for r in rows_in_source
         ]

@@ -21,7 +21,7 @@ from mudata import MuData
 
 from mosaicvi.distributions import LIKELIHOODS, get_likelihood
 
-from ._backed import MosaicRows, is_backed, row_sums, stored_values
+from ._backed import MosaicRows, is_backed, row_reader, row_sums, stored_values
 from ._constants import (
     BATCH_COLUMN,
     DEFAULT_LIKELIHOOD_BY_NAME,
@@ -329,6 +329,11 @@ def assemble_mosaic(
 
     matrices = [modality_matrix(mdata, spec.mod_key, spec.layer) for spec in specs]
     out_of_core = any(is_backed(matrix) for matrix in matrices)
+    if out_of_core:
+        matrices = [
+            row_reader(matrix, f"modality {spec.name!r} (mdata.mod[{spec.mod_key!r}])")
+            for spec, matrix in zip(specs, matrices)
+        ]
     blocks, sources, var_frames = [], [], []
     library = np.zeros((mdata.n_obs, len(specs)), dtype=np.float32)
     totals = np.zeros(mdata.n_obs)
