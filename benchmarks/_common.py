@@ -394,6 +394,30 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
+WARMUP_STEPS = 10
+
+
+def step_timer():
+    """Lightning callback timing minibatches after a warm-up (steady-state throughput)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self):
+            self.n_batches, self.n_cells, self.t0, self.t1 = 0, 0, None, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.n_batches == WARMUP_STEPS:
+                self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.n_batches += 1
+            if self.n_batches > WARMUP_STEPS:
+                self.n_cells += len(next(iter(batch.values())))
+                self.t1 = time.perf_counter()
+
+    return StepTimer()
+
+
 def epochs_run(model, requested: int) -> int:
     """Epochs a model actually trained (early stopping may cut ``requested``)."""
     from mosaicvi.benchmark import epochs_run_of

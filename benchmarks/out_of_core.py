@@ -49,12 +49,12 @@ from _common import (  # noqa: E402
     set_threads,
     snapshot_source,
     source_note,
+    step_timer,
     takes_labels,
 )
 from _out_of_core_data import KINDS, write_simulated  # noqa: E402
 
 N_HIDDEN, N_LATENT, BATCH_SIZE = 128, 16, 128
-WARMUP_STEPS = 10
 #: Targets of issue 17 (checked in the report, not as tests).
 RSS_TARGET_GB, RSS_TARGET_CELLS = 3.0, 1_000_000
 RATIO_TARGET, FLAT_TARGET = 0.7, 0.2
@@ -64,26 +64,6 @@ QUALITY_RUNS = [  # (layout, sampler)
     ("sorted by cell type", "chunks"),
     ("sorted by cell type", "blocks"),
 ]
-
-
-def _step_timer():
-    from lightning.pytorch.callbacks import Callback
-
-    class StepTimer(Callback):
-        def __init__(self):
-            self.n, self.cells, self.t0, self.t1 = 0, 0, None, None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if self.n == WARMUP_STEPS:
-                self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.n += 1
-            if self.n > WARMUP_STEPS:
-                self.cells += len(next(iter(batch.values())))
-                self.t1 = time.perf_counter()
-
-    return StepTimer()
 
 
 def _model_class(name: str):
@@ -110,7 +90,7 @@ def scale_worker(args) -> tuple[dict, dict]:
     cls.setup_mudata(mdata, batch_key="batch", **setup)
     model = cls(mdata, **accepted(cls.__init__, n_hidden=N_HIDDEN, n_latent=N_LATENT, n_layers=1))
     setup_s = time.perf_counter() - t0
-    timer = _step_timer()
+    timer = step_timer()
     n_epochs = -(-args.steps * BATCH_SIZE // mdata.n_obs) + 1
     t1 = time.perf_counter()
     model.train(
@@ -135,7 +115,7 @@ def scale_worker(args) -> tuple[dict, dict]:
         "setup_s": setup_s,
         "train_s": train_s,
         "steps": int(model.trainer.global_step),
-        "cells_per_s": timer.cells / (timer.t1 - timer.t0),
+        "cells_per_s": timer.n_cells / (timer.t1 - timer.t0),
         "latent_cells": len(cells),
         "latent_s": latent_s,
         "peak_rss_gb": peak_rss_mb() / 1024,

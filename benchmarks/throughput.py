@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     RESULTS_DIR,
+    WARMUP_STEPS,
     accepted,
     add_methods_argument,
     fmt,
@@ -53,6 +54,7 @@ from _common import (  # noqa: E402
     setup_model,
     snapshot_source,
     source_note,
+    step_timer,
 )
 
 CONFIGS = {
@@ -128,30 +130,6 @@ def sparse_input_mb(mdata) -> float:
 
 
 # ============================================================================ worker
-WARMUP_STEPS = 10
-
-
-def _step_timer():
-    """Lightning callback timing minibatches after a warm-up (steady-state throughput)."""
-    from lightning.pytorch.callbacks import Callback
-
-    class StepTimer(Callback):
-        def __init__(self):
-            self.n_batches, self.n_cells, self.t0, self.t1 = 0, 0, None, None
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if self.n_batches == WARMUP_STEPS:
-                self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.n_batches += 1
-            if self.n_batches > WARMUP_STEPS:
-                self.n_cells += len(next(iter(batch.values())))
-                self.t1 = time.perf_counter()
-
-    return StepTimer()
-
-
 def _build_totalvi(mdata, arch: dict):
     import scvi
 
@@ -228,7 +206,7 @@ def run_worker(args: argparse.Namespace) -> None:
     }
     if limit:
         train["limit_train_batches"] = limit
-    timer = _step_timer()
+    timer = step_timer()
     t0 = time.perf_counter()
     model.train(callbacks=[timer], **train)
     train_s = time.perf_counter() - t0
