@@ -157,6 +157,12 @@ def tensor_bank(
     return banks[key]
 
 
+def cell_positions(indices, n_obs: int) -> np.ndarray:
+    """Integer positions of the cells a loader iterates over (``None``: all; masks accepted)."""
+    indices = np.arange(n_obs) if indices is None else np.asarray(indices)
+    return np.flatnonzero(indices) if indices.dtype == bool else indices
+
+
 class _BankDataset(Dataset):
     """``dataset[list of positions]`` -> minibatch dict, positions into ``indices``."""
 
@@ -207,11 +213,7 @@ class InMemoryDataLoader(DataLoader):
         drop_dataset_tail: bool = False,
         **kwargs,
     ):
-        if indices is None:
-            indices = np.arange(adata_manager.adata.n_obs)
-        indices = np.asarray(indices)
-        if indices.dtype == bool:
-            indices = np.flatnonzero(indices)
+        indices = cell_positions(indices, adata_manager.adata.n_obs)
         self.indices = indices
         bank = tensor_bank(adata_manager, device, pin_memory)
         dataset = _BankDataset(bank, indices)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mosaicvi.data._backed import assembled_matrix
 
-from ._in_memory import TensorBank, _identity
+from ._in_memory import TensorBank, _identity, cell_positions
 
 # Lightning warns that __len__ of an IterableDataset may be wrong with several worker
 # processes; this loader reads in a thread of the main process, where it is exact.
@@ -190,10 +190,7 @@ class OutOfCoreDataLoader(DataLoader):
         seed: int | None = None,
         **kwargs,
     ):
-        n_obs = adata_manager.adata.n_obs
-        indices = np.arange(n_obs) if indices is None else np.asarray(indices)
-        if indices.dtype == bool:
-            indices = np.flatnonzero(indices)
+        indices = cell_positions(indices, adata_manager.adata.n_obs)
         if block_size < 1 or blocks_per_chunk < 1:
             raise ValueError(
                 f"block_size and blocks_per_chunk must be >= 1, got {block_size}, "
