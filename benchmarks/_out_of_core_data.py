@@ -126,3 +126,15 @@ def write_simulated(path: Path, kind: str, n_cells: int, seed: int = 0) -> Path:
                 indptr[start + 1 : stop + 1] = offset + block.indptr[1:]
             group.create_dataset("indptr", data=indptr)
     return path
+
+
+def write_simulated_soma(h5mu: Path) -> Path:
+    """The simulated ``.h5mu`` as a SOMA Experiment next to it (written once, then reused)."""
+    import tiledbsoma
+
+    import mosaicvi as mv
+
+    uri = h5mu.with_suffix(".soma")
+    if not tiledbsoma.Experiment.exists(str(uri)):
+        mv.data.write_soma(mv.data.read_backed(h5mu), str(uri))
+    return uri

@@ -82,3 +82,38 @@ def test_backed_mudata_trains_embeds_imputes_saves_and_maps(method, contract, tm
 def md_in_memory(mdata):
     """A fresh in-memory copy of ``mdata`` (what ``mdata.to_memory()`` gives for a file)."""
     return mdata.copy()
+
+
+def test_soma_experiment_trains_with_an_obs_filter_and_maps_a_query(method, contract, tmp_path):
+    """A SOMA Experiment (one measurement per modality) is a store like a backed file."""
+    import pytest
+
+    pytest.importorskip("tiledbsoma", reason="tiledbsoma is not installed (mosaicvi[soma])")
+    case = contract.build("mosaic", seed=13, cell_prefix="soma_")
+    mdata = case.mdata.copy()
+    batch = mdata.obs["batch"].astype(str).to_numpy()
+    new = (batch == "batch_1") & (np.arange(mdata.n_obs) % 2 == 1)
+    mdata.obs["batch"] = np.where(new, "soma_new_batch", batch)
+    uri = mv.data.write_soma(mdata, tmp_path / "experiment")
+
+    reference = mv.data.read_soma(uri, obs_value_filter="batch != 'soma_new_batch'")
+    assert reference.n_obs == int((~new).sum())
+    contract.setup(method, reference)
+    model = contract.make_model(method, reference)
+    contract.fit(model, contract.SHAPES["mosaic"]["epochs"], 32)
+    assert model.data_loader_ == "out_of_core"
+    labels = mdata.obs.loc[reference.obs_names, "cell_type"].astype(str).to_numpy()
+    z = model.get_latent_representation()
+    assert contract.knn_accuracy(z, labels) > contract.majority_rate(labels) + 0.3
+    memory = mdata[reference.obs_names].copy()  # the same cells, read into memory
+    contract.setup(method, memory)
+    np.testing.assert_allclose(model.get_latent_representation(memory), z, atol=1e-5)
+
+    # an RNA-only query of a new batch, straight from the same store
+    query = mv.data.read_soma(uri, ["rna"], obs_value_filter="batch == 'soma_new_batch'")
+    reference_state = {k: v.clone() for k, v in model.module.state_dict().items()}
+    query_model = method.model_class().load_query_data(query, model)
+    contract.fit(query_model, contract.QUERY_EPOCHS["query"], 32)
+    assert query_model.get_latent_representation().shape == (int(new.sum()), z.shape[1])
+    for name, value in model.module.state_dict().items():
+        assert torch.equal(value, reference_state[name]), name

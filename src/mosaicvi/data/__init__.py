@@ -14,11 +14,15 @@ from ._mosaic import (
 from ._query import prepare_query
 from ._readers import read_10x_multimodal, read_neurips2021, read_snareseq
 from ._simulate import simulate
+from ._soma import SomaRows, read_soma, write_soma
 
 __all__ = [
     "OBSERVED_KEY",
     "MosaicRows",
     "read_backed",
+    "SomaRows",
+    "read_soma",
+    "write_soma",
     "cell_cycle_genes",
     "score_cell_cycle",
     "ModalitySpec",

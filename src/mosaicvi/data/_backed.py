@@ -103,7 +103,7 @@ def read_rows(matrix, rows: np.ndarray) -> sp.csr_matrix:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = rows[np.concatenate([[0], breaks])]
     stops = rows[np.concatenate([breaks, [len(rows)]]) - 1] + 1
-    if isinstance(matrix, DiskCSR):
+    if hasattr(matrix, "runs"):  # DiskCSR, SomaRows: all runs in one go
         return matrix.runs(starts, stops)
     blocks = [_csr(matrix[a:b]) for a, b in zip(starts, stops)]
     return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr", dtype=np.float32)
@@ -126,6 +126,9 @@ def stored_values(matrix, chunk_size: int = _VALUE_CHUNK) -> Iterator[np.ndarray
         for start in range(0, values.size, chunk_size):
             yield values[start : start + chunk_size]
         return
+    if hasattr(matrix, "stored_values"):  # a store that reads its values itself (SomaRows)
+        yield from matrix.stored_values()
+        return
     group = getattr(matrix, "group", None)
     if group is not None and "data" in group:  # anndata's backed CSR/CSC dataset
         data = group["data"]
@@ -141,6 +144,8 @@ def row_sums(matrix) -> np.ndarray:
     """Sum of each row (float64), reading an on-disk matrix block by block."""
     if not is_backed(matrix):
         return np.asarray(matrix.sum(1), dtype=np.float64).ravel()
+    if getattr(matrix, "row_sums", None) is not None:  # computed by the scan that opened it
+        return matrix.row_sums
     matrix = row_reader(matrix)
     sums = np.zeros(matrix.shape[0])
     for start, stop in row_spans(matrix.shape[0]):
@@ -171,6 +176,8 @@ class MosaicRows:
         self.rows_in_source = [
             None if r is None else np.asarray(r, dtype=np.int64) for r in rows_in_source
         ]
+        # the largest block of consecutive cells any store asks to be read in (SOMA: tiles)
+        self.block_cells = max(int(getattr(s, "block_cells", 1)) for s in self.sources)
         widths = [int(s.shape[1]) for s in self.sources]
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         self.shape = (int(n_obs), int(self.offsets[-1]))

@@ -150,32 +150,41 @@ def validate_features(name: str, mod_key: str, var_names: pd.Index) -> None:
         )
 
 
+def _value_problems(matrix) -> tuple[int, int, int]:
+    """Numbers of non-finite, negative and non-integer stored values, in one pass over them."""
+    n_bad = n_negative = n_fractional = 0
+    for values in stored_values(matrix):
+        n_bad += int((~np.isfinite(values)).sum())
+        n_negative += int((values < 0).sum())
+        n_fractional += int((np.mod(values, 1) != 0).sum())
+    return n_bad, n_negative, n_fractional
+
+
 def validate_matrix(name: str, matrix, likelihood: str) -> None:
-    """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods."""
-    n_bad = _count_in_chunks(matrix, lambda v: ~np.isfinite(v))
+    """Reject NaN/Inf everywhere and negative or non-integer values under count likelihoods.
+
+    The stored values are read once (a backed or SOMA matrix is one pass over the store).
+    """
+    n_bad, n_negative, n_fractional = _value_problems(matrix)
     if n_bad:
         raise ValueError(
             f"Modality {name!r} contains {n_bad} NaN or infinite values. Remove or impute them "
             "before setup (e.g. `np.nan_to_num`), or drop the affected cells/features."
         )
     lik = get_likelihood(likelihood)
-    if lik.requires_counts or lik.name == "bernoulli":
-        n_negative = _count_in_chunks(matrix, lambda v: v < 0)
-        if n_negative:
-            raise ValueError(
-                f"Modality {name!r} has {n_negative} negative values, which the {likelihood!r} "
-                "likelihood cannot model. Pass raw counts (e.g. `layers={...: 'counts'}`) or use "
-                "`likelihoods={...: 'normal'}` for transformed data."
-            )
-    if lik.requires_counts:
-        n_fractional = _count_in_chunks(matrix, lambda v: np.mod(v, 1) != 0)
-        if n_fractional:
-            raise ValueError(
-                f"Modality {name!r} has {n_fractional} non-integer values but the {likelihood!r} "
-                "likelihood expects raw counts. Point `layers` at raw counts, round the data "
-                "(`np.round`), use `likelihoods={...: 'bernoulli'}` for binary accessibility, or "
-                "`'normal'` for normalised data."
-            )
+    if (lik.requires_counts or lik.name == "bernoulli") and n_negative:
+        raise ValueError(
+            f"Modality {name!r} has {n_negative} negative values, which the {likelihood!r} "
+            "likelihood cannot model. Pass raw counts (e.g. `layers={...: 'counts'}`) or use "
+            "`likelihoods={...: 'normal'}` for transformed data."
+        )
+    if lik.requires_counts and n_fractional:
+        raise ValueError(
+            f"Modality {name!r} has {n_fractional} non-integer values but the {likelihood!r} "
+            "likelihood expects raw counts. Point `layers` at raw counts, round the data "
+            "(`np.round`), use `likelihoods={...: 'bernoulli'}` for binary accessibility, or "
+            "`'normal'` for normalised data."
+        )
 
 
 def observed_mask(mdata: MuData, mod_keys: Sequence[str]) -> np.ndarray:

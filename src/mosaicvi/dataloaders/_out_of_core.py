@@ -38,10 +38,10 @@ from ._in_memory import TensorBank, _identity, cell_positions
 # processes; this loader reads in a thread of the main process, where it is exact.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
-#: consecutive cells read in one slice
+#: consecutive cells read in one slice, unless the store asks for more (``block_cells``)
 BLOCK_SIZE = 64
-#: blocks whose cells are shuffled together (a chunk of 64 x 64 = 4,096 cells)
-BLOCKS_PER_CHUNK = 64
+#: cells read and shuffled together as one chunk (64 blocks of 64 cells by default)
+CHUNK_CELLS = 4096
 
 
 def _process_group() -> tuple[int, int]:
@@ -167,9 +167,12 @@ class OutOfCoreDataLoader(DataLoader):
     distributed_sampler
         Shard the cells across DDP processes, each reading only its blocks.
     block_size
-        Consecutive cells read in one slice.
+        Consecutive cells read in one slice. Default: 64, or the store's ``block_cells``
+        where it is larger (a SOMA array decompresses whole tiles of cells, so small blocks
+        read most of their tiles in vain; see :class:`~mosaicvi.data.SomaRows`).
     blocks_per_chunk
-        Blocks read together and shuffled as one chunk (1: block shuffling only).
+        Blocks read together and shuffled as one chunk (1: block shuffling only). Default:
+        4,096 cells' worth of blocks.
     seed
         Seed of the block order (default: torch's initial seed, the same on every DDP
         process when the run is seeded).
@@ -185,12 +188,17 @@ class OutOfCoreDataLoader(DataLoader):
         shuffle: bool = False,
         drop_last: bool = False,
         distributed_sampler: bool = False,
-        block_size: int = BLOCK_SIZE,
-        blocks_per_chunk: int = BLOCKS_PER_CHUNK,
+        block_size: int | None = None,
+        blocks_per_chunk: int | None = None,
         seed: int | None = None,
         **kwargs,
     ):
         indices = cell_positions(indices, adata_manager.adata.n_obs)
+        matrix = assembled_matrix(adata_manager.adata)
+        if block_size is None:
+            block_size = max(BLOCK_SIZE, int(getattr(matrix, "block_cells", BLOCK_SIZE)))
+        if blocks_per_chunk is None:
+            blocks_per_chunk = max(1, CHUNK_CELLS // max(1, block_size))
         if block_size < 1 or blocks_per_chunk < 1:
             raise ValueError(
                 f"block_size and blocks_per_chunk must be >= 1, got {block_size}, "
@@ -199,7 +207,7 @@ class OutOfCoreDataLoader(DataLoader):
         self.indices = indices
         bank = TensorBank(adata_manager, skip=(REGISTRY_KEYS.X_KEY,))
         dataset = _ChunkStream(
-            assembled_matrix(adata_manager.adata),
+            matrix,
             bank,
             indices,
             batch_size,
