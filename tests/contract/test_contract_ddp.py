@@ -45,13 +45,14 @@ def test_ddp_two_cpu_processes_train_and_embed_in_memory_and_from_a_backed_file(
         mod.layers.clear()
     mdata.write(path)
     _run_worker(method_name, tmp_path, MOSAICVI_BACKED_FILE=str(path))
-    for name, loader, steps in (("result", "in_memory", 4), ("backed", "out_of_core", 3)):
+    for name, loader, steps in (("result", "in_memory", 4), ("backed", "out_of_core", 4)):
         result = dict(np.load(tmp_path / f"{name}.npz"))
         assert str(result["data_loader"]) == loader
         assert result["z"].shape == (240, int(result["n_latent"]))
         assert np.isfinite(result["z"]).all()
         # In memory: 216 training cells sharded over 2 processes in minibatches of 32 give 4
-        # steps each (7 without the distributed sampler). From the file: blocks of 64 cells,
-        # the last one short by 40, so each process reads two blocks less that gap, 88 cells,
-        # in 3 minibatches. A plan with a discriminator counts both optimizers' steps.
+        # steps each (7 without the distributed sampler). From the file: 4 blocks of 64 cells
+        # (the last one of 24), two per process; the process with the short block repeats 40
+        # of its cells, so both train on 128 cells, in 4 minibatches. A plan with a
+        # discriminator counts both optimizers' steps.
         assert int(result["steps"]) == steps * int(result["n_optimizers"]), name

@@ -74,7 +74,9 @@ def test_without_shuffling_cells_come_in_the_order_asked(manager):
 
 
 @pytest.mark.parametrize("n_train", [1000, 937, 64])
-def test_ddp_processes_read_disjoint_shards_of_equal_length(manager, monkeypatch, n_train):
+def test_ddp_processes_read_disjoint_shards_of_equal_length_covering_every_cell(
+    manager, monkeypatch, n_train
+):
     indices = np.arange(n_train)
     shards = []
     for rank in range(3):
@@ -93,9 +95,13 @@ def test_ddp_processes_read_disjoint_shards_of_equal_length(manager, monkeypatch
         shards.append(np.concatenate(batches) if batches else np.zeros(0, int))
     sizes = {len(s) for s in shards}
     assert len(sizes) == 1  # lockstep: every process the same number of cells
-    union = np.concatenate(shards)
-    assert len(np.unique(union)) == len(union)  # disjoint
-    assert len(union) >= n_train - 3 * 16  # at most about a block per process left out
+    assert set(np.concatenate(shards)) == set(indices)  # every cell seen each epoch
+    for rank, shard in enumerate(shards):  # a short process repeats its own cells only
+        others = np.concatenate([s for r, s in enumerate(shards) if r != rank])
+        own = np.unique(shard)
+        if len(own) < n_train:
+            assert not np.isin(own, others).any() or len(own) == 0
+        assert len(shard) - len(own) <= 2 * 16  # at most about two blocks repeated
 
 
 def test_bad_block_sizes_are_rejected(manager):

@@ -11,8 +11,9 @@ in-memory matrix, a *chunk* at a time:
   ``blocks_per_chunk`` places of the file; ``benchmarks/out_of_core.py`` measures what this
   costs against full shuffling.
 - A background thread reads the next chunk while the model trains on the current one.
-- Under DDP every process takes its own blocks (the same number of minibatches on each), so
-  each process reads only its shard of the file.
+- Under DDP every process takes its own blocks (the same number of minibatches on each, a
+  process with fewer cells repeating some of its own), so each process reads only its shard
+  of the file.
 """
 
 from __future__ import annotations
@@ -86,15 +87,19 @@ class _ChunkStream(IterableDataset):
         mine = blocks[rank::world]
         cells = [np.arange(b, min(b + self.block_size, n)) for b in mine]
         order = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
-        if world > 1:  # the same number of cells on every process (DDP steps in lockstep)
-            order = order[: self._cells_per_process(n, world)]
+        if world > 1 and n:
+            # DDP steps in lockstep, so every process gets as many cells as the most a process
+            # can get; one short of that repeats its own first cells (as torch's
+            # DistributedSampler pads), and every cell is still seen each epoch
+            order = np.resize(
+                order if len(order) else np.arange(n), self._cells_per_process(n, world)
+            )
         return order
 
     def _cells_per_process(self, n: int, world: int) -> int:
-        """Fewest cells any process can get: its share of full blocks, less the short one."""
+        """Most cells any process can get: its share of blocks, rounded up, all of them full."""
         n_blocks = -(-n // self.block_size)
-        short_by = n_blocks * self.block_size - n  # the last block's missing cells
-        return max(0, (n_blocks // world) * self.block_size - short_by)
+        return min(n, -(-n_blocks // world) * self.block_size)
 
     def _n_cells(self) -> int:
         n = len(self.indices)

@@ -253,3 +253,29 @@ def test_input_transform_reads_its_cells_and_features_chunk_by_chunk(sparse_inpu
         )
         for name, buffer in on_selection.named_buffers():
             torch.testing.assert_close(dict(in_place.named_buffers())[name], buffer, msg=name)
+
+
+def test_input_transforms_of_an_atlas_are_fitted_on_a_bounded_sample_of_blocks(monkeypatch):
+    # above MAX_FIT_CELLS the fit reads a seeded sample of neighbouring blocks, not every cell
+    import scipy.sparse as sp
+
+    from mosaicvi.methods.jae import _transforms
+
+    rows = np.arange(10, 1010)
+    sample = _transforms.fit_cells(rows, limit=256, seed=3)
+    assert len(sample) == 256 and np.all(np.isin(sample, rows))
+    assert np.all(np.diff(sample) > 0)  # sorted, unique
+    assert len(np.flatnonzero(np.diff(sample) != 1)) < 256 // 64  # a few runs of 64
+    np.testing.assert_array_equal(sample, _transforms.fit_cells(rows, limit=256, seed=3))
+    assert not np.array_equal(sample, _transforms.fit_cells(rows, limit=256, seed=4))
+    np.testing.assert_array_equal(_transforms.fit_cells(rows, limit=5000), rows)
+
+    counts = sp.random(1000, 30, density=0.3, format="csr", random_state=1, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 20)
+    monkeypatch.setattr(_transforms, "MAX_FIT_CELLS", 256)
+    fitted = _transforms.ModalityTransform(30, "svd", n_components=6).fit(counts)
+    on_sample = _transforms.ModalityTransform(30, "svd", n_components=6).fit(
+        counts[_transforms.fit_cells(np.arange(1000), limit=256)]
+    )
+    for name, buffer in on_sample.named_buffers():
+        torch.testing.assert_close(dict(fitted.named_buffers())[name], buffer, msg=name)

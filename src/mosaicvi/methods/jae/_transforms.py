@@ -18,6 +18,26 @@ from mosaicvi.data._normalise import TARGET_SUM, log_normalise, row_chunks, sele
 
 TransformKind = Literal["svd", "clr", "log1p"]
 TRANSFORMS = ("svd", "clr", "log1p")
+#: reference cells a transform is fitted on at most (its memory must not grow with the atlas)
+MAX_FIT_CELLS = 100_000
+#: consecutive cells sampled together when the fit subsamples (one read each from disk)
+_FIT_BLOCK = 64
+
+
+def fit_cells(rows: np.ndarray, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """``rows`` itself, or a random subset of at most ``limit`` of them in blocks of neighbours.
+
+    ``limit`` defaults to ``MAX_FIT_CELLS``. Blocks of consecutive entries of ``rows`` keep the
+    reads from an on-disk matrix few.
+    """
+    rows = np.asarray(rows)
+    limit = MAX_FIT_CELLS if limit is None else limit
+    if len(rows) <= limit:
+        return rows
+    starts = np.arange(0, len(rows), _FIT_BLOCK)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(starts, size=max(1, limit // _FIT_BLOCK), replace=False))
+    return np.concatenate([rows[start : start + _FIT_BLOCK] for start in chosen])[:limit]
 
 
 def _clr_numpy(counts) -> np.ndarray:
@@ -73,7 +93,11 @@ class ModalityTransform(nn.Module):
         rows: np.ndarray | None = None,
         columns: slice | None = None,
     ) -> ModalityTransform:
-        """Fit on the reference cells that have this modality.
+        """Fit on the reference cells that have this modality (at most ``MAX_FIT_CELLS``).
+
+        Above ``MAX_FIT_CELLS`` cells, a random subset of them (blocks of neighbouring cells,
+        seeded by ``random_state``) is used, so fitting an atlas costs as much as fitting
+        100,000 cells and does not read the whole modality.
 
         Parameters
         ----------
@@ -87,6 +111,7 @@ class ModalityTransform(nn.Module):
             selection is made besides the log-normalised one that the SVD needs.
         """
         rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
+        rows = fit_cells(rows, seed=random_state)
         columns = slice(None) if columns is None else columns
         n_cells = len(rows)
         if n_cells < 2:
