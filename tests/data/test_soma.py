@@ -121,3 +121,21 @@ def test_soma_errors_name_the_problem_and_the_fix(store, tmp_path):
         mv.data.read_soma(uri, observed={"adt": "batch"})
     with pytest.raises(FileExistsError, match="already holds"):
         mv.data.write_soma(_mosaic(30), uri)
+
+
+def test_an_open_experiment_and_joinid_names_are_accepted(store):
+    import tiledbsoma
+
+    memory, uri = store
+    with tiledbsoma.Experiment.open(uri) as experiment:
+        soma = mv.data.read_soma(
+            experiment, ["adt"], obs_index=None, var_index=None, obs_column_names=["batch"]
+        )
+    assert list(soma.mod) == ["adt"] and soma.n_obs == memory["adt"].n_obs
+    assert soma.obs_names.name == "soma_joinid" and list(soma.obs.columns) == [
+        "soma_joinid",
+        "batch",
+    ]
+    assert list(soma["adt"].var_names) == [str(i) for i in range(memory["adt"].n_vars)]
+    # the reader outlives the handle it was opened from
+    assert soma["adt"].X[:3].shape == (3, memory["adt"].n_vars)
