@@ -440,10 +440,15 @@ def main(argv=None) -> None:
     quality = run_quality(args, source, workdir, say) if args.quality else []
     lines = ["# Out-of-core training", ""]
     lines += [
-        f"- {run['n_cpu']} CPUs, {args.threads} threads, load {run['load']:.1f} at start; "
-        f"model {args.method} (1 hidden layer of {N_HIDDEN}, latent {N_LATENT}), batch size "
-        f"{BATCH_SIZE}, {args.steps} steps per scale run, "
-        f"total {time.perf_counter() - t_start:.0f} s.",
+        f"- {run['n_cpu']} CPUs, {args.threads} threads, load {run['load']:.1f} at start, "
+        f"total {time.perf_counter() - t_start:.0f} s."
+        + (
+            f" Scale: model {args.method} (1 hidden layer of {N_HIDDEN}, latent {N_LATENT}), "
+            f"batch size {BATCH_SIZE}, {args.steps} steps per run."
+            if scale
+            else ""
+        )
+        + (" Quality: MultiVAE with its defaults." if quality else ""),
         source_note(source),
         "",
     ]
