@@ -137,6 +137,25 @@ def test_cell_cycle_scores_are_computed_from_rna_when_not_given(shared_data_file
     np.testing.assert_allclose(scores["G2M_score"], g2m_score, atol=1e-5)
 
 
+def test_cell_cycle_of_an_atlas_is_scored_on_a_bounded_sample(shared_data_file, monkeypatch):
+    # above MAX_FIT_CELLS only a seeded sample is scored, the rest has no phase target
+    from mosaicvi.data import score_cell_cycle
+    from mosaicvi.methods.jae import _transforms
+
+    monkeypatch.setattr(_transforms, "MAX_FIT_CELLS", 256)
+    mdata = md.read_h5mu(shared_data_file("neurips2021_bmmc_cite_600.h5mu"))
+    JAE.setup_mudata(mdata, batch_key="batch")
+    scores = JAE(mdata, n_components=20).cell_cycle_scores()
+    scored = scores["S_score"].notna().to_numpy()
+    assert scored.sum() == 256
+    sample = _transforms.fit_cells(np.arange(mdata.n_obs))
+    np.testing.assert_array_equal(np.flatnonzero(scored), sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s_score, _, _ = score_cell_cycle(mdata["rna"].X[sample], mdata["rna"].var_names)
+    np.testing.assert_allclose(scores["S_score"].to_numpy()[scored], s_score, atol=1e-5)
+
+
 def test_cell_type_slice_predicts_held_out_labels(bmmc_cite):
     mdata, model, held_out = bmmc_cite
     truth = mdata.obs["cell_type"].astype(str).to_numpy()

@@ -217,8 +217,9 @@ class JAE(NoLikelihoodMixin, MosaicModel):
         cell_cycle_keys
             Two columns of ``mdata.obs`` with S and G2M scores. ``None``: computed with
             :func:`scanpy.tl.score_genes_cell_cycle` from ``cell_cycle_modality`` using the
-            packaged S and G2M gene lists (a warning says when too few of them are present).
-            Scores are kept inside the model (see :meth:`cell_cycle_scores`), not written to
+            packaged S and G2M gene lists (a warning says when too few of them are present),
+            for at most 100,000 cells (a seeded random sample of larger data; the other cells
+            train no phase target). Scores are kept inside the model (see :meth:`cell_cycle_scores`), not written to
             ``mdata``.
         cell_cycle_modality
             Modality with gene expression counts; default ``"rna"``/``"gex"`` or the first

@@ -22,6 +22,8 @@ from mosaicvi.data._backed import assembled_matrix
 from mosaicvi.data._constants import OBSERVED_OBSM_KEY
 from mosaicvi.data._mosaic import _obs_column
 
+from ._transforms import fit_cells
+
 logger = logging.getLogger("mosaicvi")
 
 LABELS_COLUMN = "_mosaicvi_labels"
@@ -112,13 +114,22 @@ def cell_cycle_matrix(
     if not has.any():
         return scores
     start = sum(s.n_vars for s in specs[:k])
+    # at most MAX_FIT_CELLS cells are scored (scanpy scores an in-memory copy); the others
+    # have no phase target, as cells without scores always had
+    rows = fit_cells(np.flatnonzero(has))
     s_score, g2m_score, info = score_cell_cycle(
         assembled_matrix(assembled),
         mdata.mod[specs[k].mod_key].var_names,
         organism=model_args["organism"],
-        rows=np.flatnonzero(has),
+        rows=rows,
         columns=slice(start, start + specs[k].n_vars),
     )
     if info["scored"]:  # otherwise the slice is left untrained rather than pinned to 0
-        scores[has, 0], scores[has, 1], scores[has, 2] = s_score, g2m_score, 1.0
+        scores[rows, 0], scores[rows, 1], scores[rows, 2] = s_score, g2m_score, 1.0
+    if len(rows) < int(has.sum()):
+        logger.info(
+            "Cell-cycle scores computed for %d of the %d cells with %s (a random sample); the "
+            "others train no phase target. Pass `cell_cycle_keys=` to score every cell.",
+            len(rows), int(has.sum()), specs[k].name,
+        )  # fmt: skip
     return scores
