@@ -95,6 +95,7 @@ def test_imputation_of_hidden_cells_follows_the_held_out_truth(
     shape = mosaic_shape
     run = trained(method, shape)
     model, case = run.model, run.case
+    contract.setup(method, case.mdata)  # other tests may have set up many MuData since
     untrained = contract.make_model(method, case.mdata)  # a random model of the same class
     untrained.is_trained_ = True  # its random outputs are the baseline (outputs need this flag)
     checked = []

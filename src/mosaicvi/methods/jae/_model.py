@@ -219,8 +219,8 @@ class JAE(NoLikelihoodMixin, MosaicModel):
             :func:`scanpy.tl.score_genes_cell_cycle` from ``cell_cycle_modality`` using the
             packaged S and G2M gene lists (a warning says when too few of them are present),
             for at most 100,000 cells (a seeded random sample of larger data; the other cells
-            train no phase target). Scores are kept inside the model (see :meth:`cell_cycle_scores`), not written to
-            ``mdata``.
+            train no phase target). Scores are kept inside the model (see
+            :meth:`cell_cycle_scores`), not written to ``mdata``.
         cell_cycle_modality
             Modality with gene expression counts; default ``"rna"``/``"gex"`` or the first
             modality with a negative binomial likelihood.
