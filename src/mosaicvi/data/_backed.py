@@ -208,16 +208,20 @@ class MosaicRows:
         return (selector @ block).tocsr()
 
     def __getitem__(self, key) -> sp.csr_matrix:
-        columns = None
-        if isinstance(key, tuple):
-            key, columns = key
-        if isinstance(key, slice):
-            key = np.arange(*key.indices(self.shape[0]))
-        key = np.asarray(key)
-        if key.dtype == bool:
-            key = np.flatnonzero(key)
-        block = self.read(np.atleast_1d(key))
+        rows, columns = row_key(key, self.shape[0])
+        block = self.read(rows)
         return block if columns is None else block[:, columns]
+
+
+def row_key(key, n_rows: int) -> tuple[np.ndarray, object]:
+    """``matrix[key]`` of a row reader as (row positions, column key or ``None``)."""
+    columns = None
+    if isinstance(key, tuple):
+        key, columns = key
+    if isinstance(key, slice):
+        key = np.arange(*key.indices(n_rows))
+    key = np.atleast_1d(np.asarray(key))
+    return (np.flatnonzero(key) if key.dtype == bool else key), columns
 
 
 def assembled_matrix(adata: ad.AnnData):

@@ -24,6 +24,8 @@ import pandas as pd
 import scipy.sparse as sp
 from mudata import MuData
 
+from ._backed import row_key
+
 try:
     from anndata.abc import CSRDataset
 except ImportError:  # anndata < 0.11
@@ -149,14 +151,7 @@ class SomaRows(CSRDataset):
         return self._block(self.obs_joinids[rows])
 
     def __getitem__(self, index) -> sp.csr_matrix:
-        columns = None
-        if isinstance(index, tuple):
-            index, columns = index
-        if isinstance(index, slice):
-            index = np.arange(*index.indices(self.shape[0]))
-        index = np.atleast_1d(np.asarray(index))
-        if index.dtype == bool:
-            index = np.flatnonzero(index)
+        index, columns = row_key(index, self.shape[0])
         wanted, order = np.unique(index, return_inverse=True)
         block = self._block(self.obs_joinids[wanted])[order]
         return block if columns is None else block[:, columns]
