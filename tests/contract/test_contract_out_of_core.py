@@ -98,6 +98,11 @@ def test_soma_experiment_trains_with_an_obs_filter_and_maps_a_query(method, cont
 
     reference = mv.data.read_soma(uri, obs_value_filter="batch != 'soma_new_batch'")
     assert reference.n_obs == int((~new).sum())
+    for key in reference.mod:  # the values setup validates are the cells' own counts
+        stored = np.concatenate(list(reference[key].X.stored_values(chunk_cells=50)))
+        expected = contract.dense(mdata[key][reference[key].obs_names].X)
+        np.testing.assert_allclose(stored.sum(), expected.sum(), rtol=1e-6)
+        assert len(stored) == np.count_nonzero(expected)
     contract.setup(method, reference)
     model = contract.make_model(method, reference)
     contract.fit(model, contract.SHAPES["mosaic"]["epochs"], 32)

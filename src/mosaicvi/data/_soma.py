@@ -303,6 +303,7 @@ def read_soma(
             )
 
     mods = {}
+    in_any = np.zeros(len(obs), dtype=bool)
     for name, measurement in mapping.items():
         ms = exp.ms[measurement]
         if X_layer not in ms.X:
@@ -317,6 +318,7 @@ def read_soma(
         if name in observed:
             present = obs[observed[name]].to_numpy()
         cells = obs.index[present]
+        in_any |= present
         rows = SomaRows(
             array.uri, joinids[present], var["soma_joinid"].to_numpy(), context,
             timestamp=exp.tiledb_timestamp_ms, row_sums=sums[present],
@@ -327,12 +329,9 @@ def read_soma(
             "SOMA measurement %r: %d of %d cells have values", measurement, len(cells), len(obs)
         )
 
-    in_store_order = obs.index[
-        np.logical_or.reduce([obs.index.isin(m.obs_names) for m in mods.values()])
-    ]
     # cells in store order (not the union order of MuData), so blocks of cells are contiguous
     with mudata.set_options(pull_on_update=False):
-        mdata = MuData(mods, obs=pd.DataFrame(index=in_store_order))
+        mdata = MuData(mods, obs=pd.DataFrame(index=obs.index[in_any]))
         mdata.update()
     left_out = len(obs) - mdata.n_obs
     if left_out:
