@@ -80,6 +80,51 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class ChildrenPeakRSS:
+    """Peak RSS (MB) of this process's child processes (e.g. a DataLoader's reader), polled.
+
+    A child's ``VmHWM`` is read from ``/proc`` every ``interval`` seconds while it lives;
+    :attr:`peak_mb` is the largest over all children seen (0 where there were none or on
+    systems without ``/proc``). Its pages shared with the parent (a fork) count in both.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.interval, self.peak_mb = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _children(self) -> list[str]:
+        pids = []
+        for task in Path("/proc/self/task").glob("*/children"):
+            try:
+                pids += task.read_text().split()
+            except OSError:
+                pass
+        return pids
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            for pid in self._children():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024.0)
+                except OSError:  # the child has just ended
+                    pass
+
+    def start(self) -> ChildrenPeakRSS:
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop polling; the peak (MB)."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
 def reset_peak_rss() -> bool:
     """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``); False if not possible."""
     try:

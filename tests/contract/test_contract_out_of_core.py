@@ -37,6 +37,7 @@ def test_backed_mudata_trains_embeds_imputes_saves_and_maps(method, contract, tm
     model = contract.make_model(method, backed)
     contract.fit(model, contract.SHAPES["mosaic"]["epochs"], 32)
     assert model.data_loader_ == "out_of_core"
+    assert model.trainer.train_dataloader.num_workers == 1  # the file is read in a worker
 
     # trained from disk, the latent separates cell types
     labels = case.mdata.obs["cell_type"].astype(str).to_numpy()
@@ -107,6 +108,7 @@ def test_soma_experiment_trains_with_an_obs_filter_and_maps_a_query(method, cont
     model = contract.make_model(method, reference)
     contract.fit(model, contract.SHAPES["mosaic"]["epochs"], 32)
     assert model.data_loader_ == "out_of_core"
+    assert model.trainer.train_dataloader.num_workers == 0  # TileDB reads in a thread
     labels = mdata.obs.loc[reference.obs_names, "cell_type"].astype(str).to_numpy()
     z = model.get_latent_representation()
     assert contract.knn_accuracy(z, labels) > contract.majority_rate(labels) + 0.3

@@ -17,7 +17,9 @@ from mosaicvi.data._backed import (
     assembled_matrix,
     is_out_of_core,
     read_rows,
+    row_pieces,
     row_reader,
+    row_sums,
 )
 from mosaicvi.data._constants import LIBRARY_OBSM_KEY, OBSERVED_OBSM_KEY
 
@@ -103,6 +105,36 @@ def test_runs_of_consecutive_rows_are_read_as_slices(tmp_path):
     assert isinstance(reader, DiskCSR)
     for some in (rows, np.arange(50), np.array([49]), np.array([], dtype=int)):
         np.testing.assert_array_equal(read_rows(reader, some).toarray(), matrix[some].toarray())
+
+
+def test_setup_reads_a_file_once_and_sums_rows_from_its_values_alone(tmp_path):
+    matrix = sp.random(60, 9, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    matrix[[0, 7, 8, 59]] = 0  # empty rows, first and last among them
+    matrix.eliminate_zeros()
+    md.MuData({"a": __import__("anndata").AnnData(matrix)}).write(tmp_path / "one.h5mu")
+    reader = row_reader(md.read_h5mu(tmp_path / "one.h5mu", backed="r")["a"].X)
+    expected = np.asarray(matrix.sum(1)).ravel()
+    for max_values in (1, 5, 17, 10_000):  # pieces of one row, a few rows, all rows
+        pieces = list(row_pieces(reader, max_values))
+        assert [p[0] for p in pieces[1:]] == [p[1] for p in pieces[:-1]]  # consecutive
+        assert pieces[0][0] == 0 and pieces[-1][1] == 60
+        assert all(len(p[2]) <= max(max_values, p[3].max(initial=0)) for p in pieces)
+    np.testing.assert_allclose(row_sums(reader), expected, rtol=1e-6)
+    # setup reads the stored values once: the value checks and the library sizes in one pass
+    mdata = _mosaic(120)
+    mdata.write(tmp_path / "mosaic.h5mu")
+    backed = mv.data.read_backed(tmp_path / "mosaic.h5mu")
+    reads, original = [], DiskCSR.data.fget
+    DiskCSR.data = property(lambda self: reads.append(1) or original(self))
+    try:
+        assembled = _assemble(backed)
+    finally:
+        DiskCSR.data = property(original)
+    on_disk_csr = [m for m in backed.mod if isinstance(row_reader(backed[m].X), DiskCSR)]
+    assert len(on_disk_csr) >= 1 and len(reads) == len(on_disk_csr)  # one piece each
+    np.testing.assert_allclose(
+        assembled.obsm[LIBRARY_OBSM_KEY], _assemble(mdata).obsm[LIBRARY_OBSM_KEY], rtol=1e-6
+    )
 
 
 def test_bad_values_on_disk_are_named_before_training(tmp_path):

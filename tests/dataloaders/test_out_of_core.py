@@ -114,3 +114,38 @@ def test_in_memory_loading_of_backed_data_names_the_fix(manager):
 
     with pytest.raises(ValueError, match="out_of_core"):
         InMemoryDataLoader(manager)
+
+
+def test_files_are_read_in_one_worker_process_with_the_same_cells_as_in_a_thread(manager):
+    import pickle
+
+    from mosaicvi.data._backed import DiskCSR, assembled_matrix
+
+    threaded = OutOfCoreDataLoader(manager, batch_size=64, shuffle=True, seed=3, num_workers=0)
+    in_worker = OutOfCoreDataLoader(manager, batch_size=64, shuffle=True, seed=3)
+    assert in_worker.num_workers == 1 and in_worker.persistent_workers
+    for _ in range(2):  # the worker keeps the epoch count: a new order each epoch
+        for a, b in zip(threaded, in_worker, strict=True):
+            for key in a:
+                np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+    # a reader of an HDF5 file opens it again after pickling (DDP, spawned workers)
+    rows = assembled_matrix(manager.adata)
+    disk = next(s for s in rows.sources if isinstance(s, DiskCSR))
+    again = pickle.loads(pickle.dumps(disk))
+    np.testing.assert_array_equal(again[5:40].toarray(), disk[5:40].toarray())
+    with pytest.raises(ValueError, match="num_workers must be 0 or 1"):
+        OutOfCoreDataLoader(manager, num_workers=2)
+
+
+def test_data_in_memory_is_read_in_this_process(manager):
+    import scipy.sparse as sp
+
+    from mosaicvi.data import MosaicRows
+    from mosaicvi.data._backed import assembled_matrix
+
+    on_disk = assembled_matrix(manager.adata)
+    in_memory = sp.random(N_CELLS, 4, density=0.5, format="csr", random_state=0)
+    assert on_disk.reads_in_worker_process  # CSR rna and dense adt: both reopen by name
+    assert not MosaicRows([in_memory], [None], N_CELLS).reads_in_worker_process
+    mixed = MosaicRows([*on_disk.sources, in_memory], [None, None, None], N_CELLS)
+    assert mixed.reads_in_worker_process  # the in-memory part is inherited by the worker

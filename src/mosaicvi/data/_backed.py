@@ -38,7 +38,44 @@ def _csr(block) -> sp.csr_matrix:
     return sp.csr_matrix(block, dtype=np.float32)
 
 
-class DiskCSR:
+class _ReopenedNode:
+    """An HDF5 or zarr node (group or array) that a process other than its opener reopens.
+
+    The node is remembered by file name and path and opened again in any other process (a
+    DataLoader worker, a DDP process) and after pickling: HDF5 handles must not cross a
+    fork. Such a reader sets :attr:`reads_in_worker_process`: h5py and zarr hold the
+    interpreter lock while they read and decompress, so reads from a thread stall training.
+    """
+
+    def __init__(self, node):
+        self._where = _file_location(node)
+        self.reads_in_worker_process = self._where is not None
+        self._node, self._pid = node, os.getpid()
+
+    def _open(self):
+        if self._node is None or self._pid != os.getpid():
+            kind, location, name = self._where
+            if kind == "hdf5":
+                import h5py
+
+                self._node = h5py.File(location, "r")[name]
+            else:
+                import zarr
+
+                self._node = zarr.open(location, mode="r")[name]
+            self._pid = os.getpid()
+        return self._node
+
+    def __getstate__(self) -> dict:
+        if self._where is None:
+            raise TypeError(
+                "This on-disk matrix cannot be opened again from another process (its store "
+                "is neither an HDF5 file nor a local zarr folder); read it with num_workers=0."
+            )
+        return {**self.__dict__, "_node": None, "_pid": None}
+
+
+class DiskCSR(_ReopenedNode):
     """An on-disk CSR matrix whose rows are read straight from its ``data`` and ``indices``.
 
     ``indptr`` (one integer per cell) is read into memory once; a run of consecutive rows is
@@ -50,16 +87,24 @@ class DiskCSR:
     format = "csr"
 
     def __init__(self, matrix):
-        group = matrix.group
-        self.data, self.indices = group["data"], group["indices"]
-        self.indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+        super().__init__(matrix.group)
+        self.indptr = np.asarray(matrix.group["indptr"][:], dtype=np.int64)
         self.shape = tuple(int(n) for n in matrix.shape)
+
+    @property
+    def data(self):
+        return self._open()["data"]
+
+    @property
+    def indices(self):
+        return self._open()["indices"]
 
     def runs(self, starts: np.ndarray, stops: np.ndarray) -> sp.csr_matrix:
         """Rows ``starts[i]:stops[i]`` of every run, stacked."""
         lows, highs = self.indptr[starts], self.indptr[stops]
-        data = [np.asarray(self.data[lo:hi], dtype=np.float32) for lo, hi in zip(lows, highs)]
-        indices = [np.asarray(self.indices[lo:hi]) for lo, hi in zip(lows, highs)]
+        data_array, index_array = self.data, self.indices
+        data = [np.asarray(data_array[lo:hi], dtype=np.float32) for lo, hi in zip(lows, highs)]
+        indices = [np.asarray(index_array[lo:hi]) for lo, hi in zip(lows, highs)]
         row_nnz = np.concatenate([np.diff(self.indptr[a : b + 1]) for a, b in zip(starts, stops)])
         indptr = np.zeros(len(row_nnz) + 1, dtype=np.int64)
         np.cumsum(row_nnz, out=indptr[1:])
@@ -71,6 +116,38 @@ class DiskCSR:
     def __getitem__(self, key: slice) -> sp.csr_matrix:
         start, stop, _ = key.indices(self.shape[0])
         return self.runs(np.array([start]), np.array([stop]))
+
+
+class DiskDense(_ReopenedNode):
+    """A dense on-disk array (HDF5 dataset or zarr array) read as slices of rows."""
+
+    def __init__(self, array):
+        super().__init__(array)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = array.dtype
+
+    def runs(self, starts: np.ndarray, stops: np.ndarray) -> sp.csr_matrix:
+        """Rows ``starts[i]:stops[i]`` of every run, stacked, as float32 CSR."""
+        array = self._open()
+        blocks = [
+            sp.csr_matrix(np.asarray(array[a:b], dtype=np.float32)) for a, b in zip(starts, stops)
+        ]
+        return sp.vstack(blocks, format="csr", dtype=np.float32)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return np.asarray(self._open()[key])
+
+
+def _file_location(node) -> tuple[str, str, str] | None:
+    """``(kind, file or folder, path inside)`` of an HDF5 or local zarr node, if it has one."""
+    file = getattr(node, "file", None)
+    if file is not None and getattr(file, "filename", None):
+        return "hdf5", str(file.filename), str(node.name)
+    store = getattr(node, "store", None)
+    root = getattr(store, "root", None) or getattr(store, "path", None)  # zarr 3 / zarr 2
+    if root is not None and os.path.isdir(str(root)):
+        return "zarr", str(root), str(node.path)
+    return None
 
 
 def row_reader(matrix, name: str = "modality"):
@@ -86,6 +163,8 @@ def row_reader(matrix, name: str = "modality"):
         )
     if group is not None and {"data", "indices", "indptr"} <= set(group.keys()):
         return DiskCSR(matrix)
+    if group is None and getattr(matrix, "ndim", 0) == 2 and _file_location(matrix):
+        return DiskDense(matrix)  # a dense HDF5 dataset or zarr array
     return matrix
 
 
@@ -140,16 +219,51 @@ def stored_values(matrix, chunk_size: int = _VALUE_CHUNK) -> Iterator[np.ndarray
         yield np.asarray(matrix[start:stop]).ravel()
 
 
+def row_pieces(
+    matrix, max_values: int = _VALUE_CHUNK
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``(start, stop, stored values, values per row)`` of consecutive rows, piece by piece.
+
+    An on-disk CSR matrix is read as slices of its ``data`` array alone (the column indices
+    are not needed), each of at most ``max_values`` values; any other matrix row block by row
+    block. Row sums and value checks need nothing more, so setup reads a file once.
+    """
+    reader = row_reader(matrix)
+    n_rows = int(reader.shape[0])
+    if isinstance(reader, DiskCSR):
+        indptr, data, start = reader.indptr, reader.data, 0
+        while start < n_rows:
+            stop = int(np.searchsorted(indptr, indptr[start] + max_values, side="right")) - 1
+            stop = min(max(stop, start + 1), n_rows)  # at least one row per piece
+            values = np.asarray(data[indptr[start] : indptr[stop]])
+            yield start, stop, values, np.diff(indptr[start : stop + 1])
+            start = stop
+        return
+    rows_per_piece = max(1, max_values // max(1, int(reader.shape[1])))
+    for start, stop in row_spans(n_rows, rows_per_piece):
+        block = reader[start:stop]
+        if not sp.issparse(block):
+            block = sp.csr_matrix(np.asarray(block))
+        block = sp.csr_matrix(block)
+        yield start, stop, block.data, np.diff(block.indptr)
+
+
+def segment_sums(values: np.ndarray, per_row: np.ndarray) -> np.ndarray:
+    """Sums (float64) of consecutive segments of ``values``, ``per_row[i]`` values in row i."""
+    ends = np.cumsum(per_row)
+    totals = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    return totals[ends] - totals[ends - per_row]
+
+
 def row_sums(matrix) -> np.ndarray:
-    """Sum of each row (float64), reading an on-disk matrix block by block."""
+    """Sum of each row (float64), reading an on-disk matrix piece by piece."""
     if not is_backed(matrix):
         return np.asarray(matrix.sum(1), dtype=np.float64).ravel()
     if getattr(matrix, "row_sums", None) is not None:  # computed by the scan that opened it
         return matrix.row_sums
-    matrix = row_reader(matrix)
     sums = np.zeros(matrix.shape[0])
-    for start, stop in row_spans(matrix.shape[0]):
-        sums[start:stop] = np.asarray(_csr(matrix[start:stop]).sum(1)).ravel()
+    for start, stop, values, per_row in row_pieces(matrix):
+        sums[start:stop] = segment_sums(values, per_row)
     return sums
 
 
@@ -178,6 +292,11 @@ class MosaicRows:
         ]
         # the largest block of consecutive cells any store asks to be read in (SOMA: tiles)
         self.block_cells = max(int(getattr(s, "block_cells", 1)) for s in self.sources)
+        # a worker process can read only if every on-disk source can be opened again there
+        on_disk = [s for s in self.sources if is_backed(s)]
+        self.reads_in_worker_process = bool(on_disk) and all(
+            getattr(s, "reads_in_worker_process", False) for s in on_disk
+        )
         widths = [int(s.shape[1]) for s in self.sources]
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         self.shape = (int(n_obs), int(self.offsets[-1]))

@@ -21,7 +21,15 @@ from mudata import MuData
 
 from mosaicvi.distributions import LIKELIHOODS, get_likelihood
 
-from ._backed import MosaicRows, is_backed, row_reader, row_sums, stored_values
+from ._backed import (
+    MosaicRows,
+    is_backed,
+    row_pieces,
+    row_reader,
+    row_sums,
+    segment_sums,
+    stored_values,
+)
 from ._constants import (
     BATCH_COLUMN,
     DEFAULT_LIKELIHOOD_BY_NAME,
@@ -150,14 +158,12 @@ def validate_features(name: str, mod_key: str, var_names: pd.Index) -> None:
         )
 
 
-def _value_problems(matrix) -> tuple[int, int, int]:
-    """Numbers of non-finite, negative and non-integer stored values, in one pass over them."""
-    n_bad = n_negative = n_fractional = 0
-    for values in stored_values(matrix):
-        n_bad += int((~np.isfinite(values)).sum())
-        n_negative += int((values < 0).sum())
-        n_fractional += int((np.mod(values, 1) != 0).sum())
-    return n_bad, n_negative, n_fractional
+def _value_problems(values: np.ndarray) -> np.ndarray:
+    """Numbers of non-finite, negative and non-integer values among ``values``."""
+    return np.array(
+        [(~np.isfinite(values)).sum(), (values < 0).sum(), (np.mod(values, 1) != 0).sum()],
+        dtype=np.int64,
+    )
 
 
 def validate_matrix(name: str, matrix, likelihood: str) -> None:
@@ -165,7 +171,26 @@ def validate_matrix(name: str, matrix, likelihood: str) -> None:
 
     The stored values are read once (a backed or SOMA matrix is one pass over the store).
     """
-    n_bad, n_negative, n_fractional = _value_problems(matrix)
+    problems = sum((_value_problems(v) for v in stored_values(matrix)), np.zeros(3, np.int64))
+    _raise_for_values(name, likelihood, *problems)
+
+
+def checked_row_sums(name: str, matrix, likelihood: str) -> np.ndarray:
+    """:func:`validate_matrix` and the row sums of an on-disk matrix, in one pass over it."""
+    if getattr(matrix, "row_sums", None) is not None:  # summed when the store was opened
+        validate_matrix(name, matrix, likelihood)
+        return matrix.row_sums
+    sums, problems = np.zeros(matrix.shape[0]), np.zeros(3, np.int64)
+    for start, stop, values, per_row in row_pieces(matrix):
+        problems += _value_problems(values)
+        sums[start:stop] = segment_sums(values, per_row)
+    _raise_for_values(name, likelihood, *problems)
+    return sums
+
+
+def _raise_for_values(
+    name: str, likelihood: str, n_bad: int, n_negative: int, n_fractional: int
+) -> None:
     if n_bad:
         raise ValueError(
             f"Modality {name!r} contains {n_bad} NaN or infinite values. Remove or impute them "
@@ -276,7 +301,10 @@ def build_specs(
     layers: Mapping[str, str | None] | None,
     likelihoods: Mapping[str, str] | None,
 ) -> list[ModalitySpec]:
-    """Resolve modality names, layers and likelihoods, validating each modality's data."""
+    """Resolve modality names, layers and likelihoods, validating each modality's data.
+
+    Values kept on disk are checked by :func:`assemble_mosaic`, in the pass that sums them.
+    """
     mapping = resolve_modalities(mdata, modalities)
     if mdata.n_obs == 0:
         raise ValueError("The MuData has no cells (mdata.n_obs == 0).")
@@ -290,7 +318,8 @@ def build_specs(
         likelihood = likelihood_of[name] or default_likelihood(name, matrix)
         if likelihood not in LIKELIHOODS:
             get_likelihood(likelihood)  # raises with the valid names
-        validate_matrix(name, matrix, likelihood)
+        if not is_backed(matrix):  # on disk: checked in the one pass of the assembly
+            validate_matrix(name, matrix, likelihood)
         specs.append(ModalitySpec(name, key, layer_of[name], likelihood, matrix.shape[1]))
     return specs
 
@@ -349,9 +378,13 @@ def assemble_mosaic(
     for k, (spec, matrix) in enumerate(zip(specs, matrices)):
         mod = mdata.mod[spec.mod_key]
         positions = mdata.obs_names.get_indexer(mod.obs_names)
-        if out_of_core:  # keep the data where it is; read it once for the library sizes
+        if out_of_core:  # keep the data where it is; read it once to check and sum it
             sources.append(_rows_in_source(positions, mdata.n_obs))
-            library[positions, k] = row_sums(matrix)
+            library[positions, k] = (
+                checked_row_sums(spec.name, matrix, spec.likelihood)
+                if is_backed(matrix)
+                else row_sums(matrix)
+            )
         else:
             block = _padded_rows(matrix, positions, mdata.n_obs)
             library[:, k] = np.asarray(block.sum(1)).ravel()

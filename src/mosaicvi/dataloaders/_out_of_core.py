@@ -10,7 +10,12 @@ in-memory matrix, a *chunk* at a time:
   the cells of a chunk before cutting it into minibatches. A minibatch thus mixes cells from
   ``blocks_per_chunk`` places of the file; ``benchmarks/out_of_core.py`` measures what this
   costs against full shuffling.
-- A background thread reads the next chunk while the model trains on the current one.
+- The next chunk is read ahead while the model trains on the current one. For HDF5 and zarr
+  files the reading runs in a DataLoader worker process (``num_workers=1``): h5py and zarr
+  hold the interpreter lock while they read and decompress, so a read from a thread of the
+  training process stalls training whenever the disk is slow. The worker sends each
+  minibatch's rows as CSR and the training process densifies them. Inside the reader, a
+  thread reads the next chunk while the current one is cut into minibatches.
 - Under DDP every process takes its own blocks (the same number of minibatches on each, a
   process with fewer cells repeating some of its own), so each process reads only its shard
   of the file.
@@ -36,7 +41,7 @@ from mosaicvi.data._backed import assembled_matrix
 from ._in_memory import TensorBank, _identity, cell_positions
 
 # Lightning warns that __len__ of an IterableDataset may be wrong with several worker
-# processes; this loader reads in a thread of the main process, where it is exact.
+# processes; this loader has at most one, where it is exact.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 #: consecutive cells read in one slice, unless the store asks for more (``block_cells``)
@@ -75,6 +80,8 @@ class _ChunkStream(IterableDataset):
         self.distributed = distributed
         self.block_size, self.blocks_per_chunk = block_size, blocks_per_chunk
         self.seed, self.epoch = seed, 0
+        # set in the training process before a worker starts (a worker has no process group)
+        self.process_group = (0, 1)
 
     # ---------------------------------------------------------------- the plan of an epoch
     def _cells_of_this_process(self, rng: np.random.Generator) -> np.ndarray:
@@ -83,7 +90,7 @@ class _ChunkStream(IterableDataset):
         blocks = np.arange(0, n, self.block_size)
         if self.shuffle:
             blocks = rng.permutation(blocks)
-        rank, world = _process_group() if self.distributed else (0, 1)
+        rank, world = self.process_group
         mine = blocks[rank::world]
         cells = [np.arange(b, min(b + self.block_size, n)) for b in mine]
         order = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
@@ -103,7 +110,7 @@ class _ChunkStream(IterableDataset):
 
     def _n_cells(self) -> int:
         n = len(self.indices)
-        world = _process_group()[1] if self.distributed else 1
+        world = self.process_group[1]
         return n if world == 1 else self._cells_per_process(n, world)
 
     def __len__(self) -> int:
@@ -149,9 +156,10 @@ class _ChunkStream(IterableDataset):
             if pending_x is not None and emitted < n_batches:
                 yield self._batch(pending_rows, pending_x)
 
-    def _batch(self, positions: np.ndarray, x: sp.csr_matrix) -> dict[str, torch.Tensor]:
+    def _batch(self, positions: np.ndarray, x: sp.csr_matrix) -> dict:
+        """The minibatch's fields; its rows stay CSR (densified by the loader, see above)."""
         batch = self.bank.rows(self.indices[positions])
-        batch[REGISTRY_KEYS.X_KEY] = torch.from_numpy(x.toarray())
+        batch[REGISTRY_KEYS.X_KEY] = x
         return batch
 
 
@@ -181,6 +189,12 @@ class OutOfCoreDataLoader(DataLoader):
     seed
         Seed of the block order (default: torch's initial seed, the same on every DDP
         process when the run is seeded).
+    num_workers
+        0: read in a thread of this process; 1: in one worker process that stays up for the
+        loader's lifetime. Default: 1 for HDF5 and zarr files (see above), 0 for data in
+        memory and SOMA stores (TileDB reads release the interpreter lock, and its contexts
+        must not cross a fork). One reader keeps ahead of training: it reads a chunk while
+        the model trains on the one before.
     **kwargs
         Accepted for compatibility (``pin_memory``, ``load_sparse_tensor``, ...) and ignored.
     """
@@ -196,6 +210,7 @@ class OutOfCoreDataLoader(DataLoader):
         block_size: int | None = None,
         blocks_per_chunk: int | None = None,
         seed: int | None = None,
+        num_workers: int | None = None,
         **kwargs,
     ):
         indices = cell_positions(indices, adata_manager.adata.n_obs)
@@ -208,6 +223,13 @@ class OutOfCoreDataLoader(DataLoader):
             raise ValueError(
                 f"block_size and blocks_per_chunk must be >= 1, got {block_size}, "
                 f"{blocks_per_chunk}."
+            )
+        if num_workers is None:
+            num_workers = int(bool(getattr(matrix, "reads_in_worker_process", False)))
+        if num_workers not in (0, 1):
+            raise ValueError(
+                f"num_workers must be 0 or 1, got {num_workers}: one reader process already "
+                "reads ahead of training, and more would each stream the same cells."
             )
         self.indices = indices
         bank = TensorBank(adata_manager, skip=(REGISTRY_KEYS.X_KEY,))
@@ -223,7 +245,27 @@ class OutOfCoreDataLoader(DataLoader):
             blocks_per_chunk,
             int(torch.initial_seed() % 2**32) if seed is None else seed,
         )
-        super().__init__(dataset, batch_size=None, collate_fn=_identity, num_workers=0)
+        super().__init__(
+            dataset,
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,  # the worker keeps its epoch count
+        )
+
+    def _sync_process_group(self) -> None:
+        if self.dataset.distributed:
+            self.dataset.process_group = _process_group()
+
+    def __len__(self) -> int:
+        self._sync_process_group()
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._sync_process_group()
+        for batch in super().__iter__():
+            batch[REGISTRY_KEYS.X_KEY] = torch.from_numpy(batch[REGISTRY_KEYS.X_KEY].toarray())
+            yield batch
 
 
 class OutOfCoreDataSplitter(DataSplitter):
