@@ -263,9 +263,7 @@ def row_pieces(
     rows_per_piece = max(1, max_values // max(1, int(reader.shape[1])))
     for start, stop in row_spans(n_rows, rows_per_piece):
         block = reader[start:stop]
-        if not sp.issparse(block):
-            block = sp.csr_matrix(np.asarray(block))
-        block = sp.csr_matrix(block)
+        block = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))
         yield start, stop, block.data, np.diff(block.indptr)
 
 
