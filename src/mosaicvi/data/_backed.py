@@ -11,7 +11,7 @@ zarr reads fast (see :mod:`mosaicvi.dataloaders` for the sampling that produces 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -145,7 +145,6 @@ class DiskDense(_ReopenedNode):
     def __init__(self, array):
         super().__init__(array)
         self.shape = tuple(int(n) for n in array.shape)
-        self.dtype = array.dtype
 
     def runs(self, starts: np.ndarray, stops: np.ndarray) -> sp.csr_matrix:
         """Rows ``starts[i]:stops[i]`` of every run, stacked, as float32 CSR."""
@@ -274,14 +273,21 @@ def segment_sums(values: np.ndarray, per_row: np.ndarray) -> np.ndarray:
     return totals[ends] - totals[ends - per_row]
 
 
-def row_sums(matrix) -> np.ndarray:
-    """Sum of each row (float64), reading an on-disk matrix piece by piece."""
+def row_sums(matrix, inspect: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """Sum of each row (float64), reading an on-disk matrix piece by piece.
+
+    ``inspect``, if given, is called with the stored values of every piece of an on-disk
+    matrix, so checks of the values share the one pass over the file.
+    """
     if not is_backed(matrix):
         return np.asarray(matrix.sum(1), dtype=np.float64).ravel()
-    if getattr(matrix, "row_sums", None) is not None:  # computed by the scan that opened it
-        return matrix.row_sums
+    cached = getattr(matrix, "row_sums", None)  # computed by the scan that opened it
+    if cached is not None and inspect is None:
+        return cached
     sums = np.zeros(matrix.shape[0])
     for start, stop, values, per_row in row_pieces(matrix):
+        if inspect is not None:
+            inspect(values)
         sums[start:stop] = segment_sums(values, per_row)
     return sums
 

@@ -24,10 +24,8 @@ from mosaicvi.distributions import LIKELIHOODS, get_likelihood
 from ._backed import (
     MosaicRows,
     is_backed,
-    row_pieces,
     row_reader,
     row_sums,
-    segment_sums,
     stored_values,
 )
 from ._constants import (
@@ -180,10 +178,10 @@ def checked_row_sums(name: str, matrix, likelihood: str) -> np.ndarray:
     if getattr(matrix, "row_sums", None) is not None:  # summed when the store was opened
         validate_matrix(name, matrix, likelihood)
         return matrix.row_sums
-    sums, problems = np.zeros(matrix.shape[0]), np.zeros(3, np.int64)
-    for start, stop, values, per_row in row_pieces(matrix):
-        problems += _value_problems(values)
-        sums[start:stop] = segment_sums(values, per_row)
+    problems = np.zeros(3, np.int64)
+    sums = row_sums(
+        matrix, inspect=lambda values: np.add(problems, _value_problems(values), out=problems)
+    )
     _raise_for_values(name, likelihood, *problems)
     return sums
 
