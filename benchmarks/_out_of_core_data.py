@@ -68,12 +68,18 @@ def write_simulated(path: Path, kind: str, n_cells: int, seed: int = 0) -> Path:
     import scipy.sparse as sp
 
     path = Path(path)
+    layouts = KINDS[kind]
     if path.exists():
         with h5py.File(path, "r") as fh:
-            if fh["mod/rna/X"].attrs.get("shape", [0])[0] == n_cells:
+            if all(
+                fh[f"mod/{layout.name}/X"].attrs.get("shape", [0])[0] == n_cells
+                for layout in layouts
+            ):
                 return path
         path.unlink()
-    layouts = KINDS[kind]
+    # written under a temporary name and renamed at the end: an interrupted write never
+    # leaves a file that the check above would take for a finished one
+    final, path = path, path.with_name(path.name + ".partial")
     rng = np.random.default_rng(seed)
     types = rng.integers(0, N_TYPES, size=n_cells)
     batches = rng.integers(0, N_BATCHES, size=n_cells)
@@ -123,9 +129,11 @@ def write_simulated(path: Path, kind: str, n_cells: int, seed: int = 0) -> Path:
                 data.resize((offset + block.nnz,))
                 indices.resize((offset + block.nnz,))
                 data[offset:], indices[offset:] = block.data, block.indices
-                indptr[start + 1 : stop + 1] = offset + block.indptr[1:]
+                # int64: a Multiome-like 2M-cell ATAC matrix holds more than 2**31 values
+                indptr[start + 1 : stop + 1] = offset + block.indptr[1:].astype(np.int64)
             group.create_dataset("indptr", data=indptr)
-    return path
+    path.rename(final)
+    return final
 
 
 def write_simulated_soma(h5mu: Path) -> Path:
