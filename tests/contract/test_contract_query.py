@@ -46,6 +46,12 @@ def test_query_maps_trains_and_leaves_the_user_data_alone(
         aligned = query_model.mdata["rna"]
         assert list(aligned.var_names) == list(ref.mdata["rna"].var_names)
         assert contract.dense(aligned[:, contract.dropped_genes(ref)].X).sum() == 0
+        # ... and unmeasured in the query's batch: left out of the likelihood, imputed
+        measured = query_model.feature_masks["rna"]
+        dropped = contract.dropped_genes(ref)
+        assert not measured.loc["batch_2", dropped].any()
+        assert measured.loc["batch_2"].drop(dropped).all()
+        assert set(ref.model.feature_masks) == set()
         kept = ref.mdata["rna"].var_names[0]
         np.testing.assert_array_equal(
             contract.dense(aligned[query.obs_names, kept].X),

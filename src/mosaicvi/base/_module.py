@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from scvi import REGISTRY_KEYS
@@ -28,13 +28,58 @@ class ModalityModule(BaseModuleClass):
     ----------
     modalities
         One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
+    measured_features
+        ``{modality: (n_batch, n_features) bool}``: the features each batch measured, for
+        modalities with per-batch feature masks (see ``setup_mudata(feature_masks=...)``). They
+        are rebuilt from the registry, not saved with the weights.
     """
 
-    def __init__(self, modalities: Sequence[ModalitySpec]):
+    def __init__(
+        self,
+        modalities: Sequence[ModalitySpec],
+        measured_features: Mapping[str, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.modalities = list(modalities)
         bounds = torch.tensor([0] + [spec.n_vars for spec in self.modalities]).cumsum(0)
         self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        measured_features = dict(measured_features or {})
+        self.masked_modalities = []  # indices of the modalities with feature masks
+        for k, spec in enumerate(self.modalities):
+            if spec.name in measured_features:
+                table = torch.as_tensor(measured_features[spec.name]).to(torch.float32)
+                self.register_buffer(f"measured_{k}", table, persistent=False)
+                self.masked_modalities.append(k)
+
+    #: During training, the probability that a cell's encoders read only the features that
+    #: its batch and another batch (drawn at random) both measured, while its likelihood still
+    #: scores all of its own: encoders then embed a cell alike from either panel (modalities
+    #: with feature masks only).
+    panel_swap: float = 0.5
+
+    def encoder_feature_masks(
+        self, feature_masks: dict[int, torch.Tensor], batch_index: torch.Tensor
+    ) -> dict[int, torch.Tensor]:
+        """The masks the encoders read: ``feature_masks``, with panel swaps in training."""
+        if not feature_masks or not self.training or self.panel_swap <= 0:
+            return feature_masks
+        some = next(iter(feature_masks.values()))
+        n_batch = getattr(self, f"measured_{self.masked_modalities[0]}").shape[0]
+        other = torch.randint(n_batch, (len(some),), device=some.device)
+        swap = (torch.rand(len(some), 1, device=some.device) < self.panel_swap).to(some)
+        swapped = {}
+        for k, own in feature_masks.items():
+            both = own * getattr(self, f"measured_{k}")[other]
+            keep = swap * (both.sum(-1, keepdim=True) > 0).to(own)  # never an empty panel
+            swapped[k] = keep * both + (1 - keep) * own
+        return swapped
+
+    def feature_masks(self, batch_index: torch.Tensor | None) -> dict[int, torch.Tensor]:
+        """``{k: (n, n_features_k)}`` 1/0 measured features of each cell, masked modalities only."""
+        if not self.masked_modalities:
+            return {}
+        rows = batch_index.long().ravel()
+        return {k: getattr(self, f"measured_{k}")[rows] for k in self.masked_modalities}
 
     @staticmethod
     def _covariates(tensors: dict) -> dict:
@@ -74,8 +119,12 @@ class VAEModule(ModalityModule):
         One :class:`~mosaicvi.data.ModalitySpec` per modality, in the column order of ``X``.
     """
 
-    def __init__(self, modalities: Sequence[ModalitySpec]):
-        super().__init__(modalities)
+    def __init__(
+        self,
+        modalities: Sequence[ModalitySpec],
+        measured_features: Mapping[str, torch.Tensor] | None = None,
+    ):
+        super().__init__(modalities, measured_features)
         self.likelihoods = [get_likelihood(spec.likelihood) for spec in self.modalities]
 
     def _modality_encoders(
@@ -134,9 +183,37 @@ class VAEModule(ModalityModule):
                     predictor.fc_layers[0][0].bias.fill_(float(library_log_means[k]))
             self.library_predictors[spec.name] = predictor
 
-    def log_library(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0."""
-        return torch.stack([torch.log(x[:, s].sum(1).clamp_min(1.0)) for s in self.slices], dim=1)
+    def log_library(
+        self, x: torch.Tensor, feature_masks: Mapping[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Per-modality observed log library size, ``(n, K)``; zero-count rows give 0.
+
+        With ``feature_masks`` (from :meth:`feature_masks`) only measured features count.
+        """
+        feature_masks = feature_masks or {}
+        totals = [
+            (x[:, s] * feature_masks[k] if k in feature_masks else x[:, s]).sum(1)
+            for k, s in enumerate(self.slices)
+        ]
+        return torch.log(torch.stack(totals, dim=1).clamp_min(1.0))
+
+    def encode_modalities(
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+        feature_masks: Mapping[int, torch.Tensor] | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Posterior mean and variance of every modality's encoder (covariates if encoded)."""
+        encoded = getattr(self, "encode_covariates", True)
+        cats = self._cat_list(batch_index, cat_covs) if encoded else []
+        cont = cont_covs if encoded else None
+        feature_masks = feature_masks or {}
+        return [
+            encoder(x[:, s], *cats, cont_covs=cont, feature_mask=feature_masks.get(k))
+            for k, (encoder, s) in enumerate(zip(self.encoders, self.slices))
+        ]
 
     def predicted_library(
         self,
@@ -177,25 +254,38 @@ class VAEModule(ModalityModule):
     ) -> dict:
         """Observation distribution of every modality given ``z`` and log libraries ``(n, K)``."""
         cats = self._cat_list(batch_index, cat_covs)
-        return {
-            spec.name: decoder(
-                self.decoder_input(z, k), library[:, [k]], *cats, cont_covs=cont_covs
-            )
-            for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders))
-        }
+        feature_masks = self.feature_masks(batch_index)
+        px = {}
+        for k, (spec, decoder) in enumerate(zip(self.modalities, self.decoders)):
+            params = decoder.parameters_for(self.decoder_input(z, k), *cats, cont_covs=cont_covs)
+            if k in feature_masks:  # proportions over the features the cell's batch measured
+                params = self.likelihoods[k].restrict(params, feature_masks[k])
+            px[spec.name] = self.likelihoods[k].distribution(params, library[:, [k]])
+        return px
 
     def _reconstruction(
-        self, x: torch.Tensor, px: dict, mask: torch.Tensor, memo: dict | None = None
+        self,
+        x: torch.Tensor,
+        px: dict,
+        mask: torch.Tensor,
+        memo: dict | None = None,
+        feature_masks: Mapping[int, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Negative log-likelihood per cell of each modality, zero outside ``mask`` ``(n, K)``.
 
         Pass one ``memo`` dict to the calls that score the same minibatch ``x`` with this
         module's decoders, so that terms free of the decoded means are computed once.
+        ``feature_masks`` (the inference outputs' ``"feature_masks"``) leaves unmeasured
+        features out.
         """
         memo = {} if memo is None else memo
+        feature_masks = feature_masks or {}
         return {
             spec.name: -lik.log_likelihood(
-                px[spec.name], x[:, self.slices[k]], memo=memo.setdefault(spec.name, {})
+                px[spec.name],
+                x[:, self.slices[k]],
+                memo=memo.setdefault(spec.name, {}),
+                feature_mask=feature_masks.get(k),
             )
             * mask[:, k]
             for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods))
@@ -217,7 +307,10 @@ class VAEModule(ModalityModule):
         for _ in range(n_samples):
             z = qz.sample()
             px = self.decode_all(z, outputs["library"], **covariates)
-            nll = sum(self._reconstruction(x, px, outputs["observed"], memo).values())
+            recon = self._reconstruction(
+                x, px, outputs["observed"], memo, outputs.get("feature_masks")
+            )
+            nll = sum(recon.values())
             weights.append(-nll + prior.log_prob(z).sum(-1) - qz.log_prob(z).sum(-1))
         return torch.stack(weights)
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 from mudata import MuData, read_h5mu
 from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass
 
 from mosaicvi.data import prepare_query
+from mosaicvi.data._feature_masks import merge_unmeasured, resolve_feature_masks
 
 from . import _compat
 from ._freezing import FrozenReferenceCallback
 from ._registration import RegisteredModalities
-from ._surgery import freeze, transfer_reference_weights
+from ._surgery import complete_state_dict, freeze, transfer_reference_weights
 
 MDATA_FILE = "mdata.h5mu"  # the user's MuData, written by save(save_anndata=True)
 
@@ -129,6 +131,7 @@ class QueryMixin:
         args = _compat.setup_args(registry)
         cls._register(adata, args, require_observed=False, source_registry=registry)
         model = _compat.initialize_model(cls, adata, registry, attr_dict)
+        state_dict = complete_state_dict(model.module, state_dict)
         _check_saved_parameters(model.module, state_dict, dir_path, cls.__name__)
         model.module.load_state_dict(state_dict)
         model.to_device(torch_device)
@@ -153,12 +156,15 @@ class QueryMixin:
         unfrozen: bool | Sequence[str] | None = None,
         accelerator: str = "auto",
         device: int | str = "auto",
+        feature_masks: Mapping[str, pd.DataFrame] | None = None,
     ):
         """Map a query dataset onto a trained reference (scArches-style surgery).
 
         The query is aligned to the reference with :func:`mosaicvi.data.prepare_query`: it may
-        lack whole modalities, have its features in another order or miss some (added as
-        zeros), and bring new batches. New covariate categories get new parameters; everything
+        lack whole modalities, have its features in another order or miss some, and bring new
+        batches. Features the query lacks are unmeasured in its batches (feature masks, when
+        the reference has a ``batch_key``): left out of the likelihood and imputed. New
+        covariate categories get new parameters; everything
         learned on the reference stays bit-identical during query training whatever the
         optimizer settings.
 
@@ -175,6 +181,10 @@ class QueryMixin:
             JAE, whose latent has no batch-specific parameters, fine-tunes everything).
         accelerator, device
             Where to put the query model.
+        feature_masks
+            Measured features of the query's batches, as in ``setup_mudata(feature_masks=...)``
+            (rows: the query's batches; columns: the reference's features of the modality).
+            Features the query lacks are added to them; the reference's masks are kept.
 
         Returns
         -------
@@ -182,16 +192,21 @@ class QueryMixin:
         """
         torch_device = _compat.torch_device(accelerator, device)
         registry, init_params, reference_state = cls._reference_parts(reference_model, torch_device)
-        aligned = prepare_query(adata, RegisteredModalities(registry))
+        registered = RegisteredModalities(registry)
+        aligned = prepare_query(adata, registered)
+        args = _compat.setup_args(registry)
+        masks = _query_masks(adata, aligned, registered, args, feature_masks)
+        args = {**args, "feature_masks": masks}
         cls._register(
             aligned,
-            _compat.setup_args(registry),
+            args,
             require_observed=False,
             source_registry=registry,
             extend_categories=True,
         )
         model = _compat.initialize_model(cls, aligned, registry, {"init_params_": init_params})
         model.module.to(torch_device)
+        reference_state = complete_state_dict(model.module, reference_state)
         unfrozen = cls._query_unfrozen_default if unfrozen is None else unfrozen
         # saved with the model (trailing underscore), so a reloaded query stays frozen too
         model.trainable_masks_ = transfer_reference_weights(
@@ -242,6 +257,43 @@ class QueryMixin:
         masks = {k: v.to(self.device) for k, v in self.trainable_masks_.items()}
         partial = freeze(self.module, masks)
         return [FrozenReferenceCallback(partial)] if partial else []
+
+
+def _query_masks(
+    query: MuData,
+    aligned: MuData,
+    registered: RegisteredModalities,
+    args: dict,
+    given: Mapping[str, pd.DataFrame] | None,
+) -> dict:
+    """Feature masks of a query model: the reference's, the query's and its missing features."""
+    masks = args.get("feature_masks") or {}
+    batch_key = args["batch_key"]
+    if batch_key is None:
+        if given:
+            raise ValueError(
+                "feature_masks are per batch, but the reference was set up without "
+                "`batch_key`; its query cannot have per-batch feature masks."
+            )
+        return masks  # no batches: features a query lacks stay zero (prepare_query warned)
+    if batch_key not in aligned.obs:
+        return masks  # the registration names the missing column
+    batches = pd.Index(pd.unique(aligned.obs[batch_key].astype(str)))
+    missing = {}
+    for spec in registered.modality_specs:
+        if spec.mod_key not in query.mod:
+            continue  # the whole modality is unobserved
+        absent = registered.modality_var_names(spec.name).difference(
+            query.mod[spec.mod_key].var_names, sort=False
+        )
+        if len(absent):
+            missing[spec.name] = {str(b): [str(f) for f in absent] for b in batches}
+    resolved = {}
+    if given:
+        names = [spec.name for spec in registered.modality_specs]
+        var_names = {name: registered.modality_var_names(name) for name in names}
+        resolved = resolve_feature_masks(given, var_names, list(batches), batch_key)
+    return merge_unmeasured(merge_unmeasured(masks, missing), resolved)
 
 
 def _check_saved_parameters(module, state_dict: dict, dir_path: str, model_name: str) -> None:

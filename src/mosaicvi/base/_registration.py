@@ -36,6 +36,8 @@ from mosaicvi.data._constants import (
     MODALITY_VAR_COLUMN,
     OBSERVED_OBSM_KEY,
 )
+from mosaicvi.data._feature_masks import as_frames, measured_matrix, resolve_feature_masks
+from mosaicvi.data._mosaic import categorical_column, resolve_modalities
 
 from . import _compat
 from ._fingerprint import content_fingerprint, structure_fingerprint
@@ -217,6 +219,7 @@ class RegistrationMixin:
         batch_key: str | None = None,
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
+        feature_masks: Mapping[str, pd.DataFrame] | None = None,
     ) -> None:
         """Register a MuData whose modalities may cover different cells.
 
@@ -243,6 +246,14 @@ class RegistrationMixin:
             Column of ``mdata.obs`` with the batch of each cell.
         categorical_covariate_keys, continuous_covariate_keys
             Further columns of ``mdata.obs`` that decoders (and encoders) condition on.
+        feature_masks
+            ``{name: DataFrame}`` for modalities whose batches measured different features
+            (gene panels): one boolean row per category of ``batch_key`` and one column per
+            feature of the modality, ``True`` where the batch measured the feature. An
+            unmeasured feature is left out of its cells' likelihood and library size, the
+            encoders see it as missing rather than zero, and
+            :meth:`get_normalized_expression` imputes it. Values stored there are ignored.
+            Saved with the model; query mapping adds the features a query lacks.
         """
         cls._setup(mdata, dict(locals_without(locals(), "cls", "mdata")))
 
@@ -282,6 +293,7 @@ class RegistrationMixin:
                 f"{cls.__name__} works on MuData, got {type(mdata).__name__}. Wrap your "
                 "modalities with `mudata.MuData({'rna': rna, 'adt': adt})`."
             )
+        args = {**args, "feature_masks": _resolved_masks(mdata, args)}
         specs, assembled = cls._assemble(
             mdata, args, require_observed, source_registry, extend_categories
         )
@@ -345,6 +357,7 @@ class RegistrationMixin:
             args["categorical_covariate_keys"],
             args["continuous_covariate_keys"],
             require_observed=require_observed,
+            feature_masks=args["feature_masks"],
         )
         model_args = {k: args[k] for k in cls._model_setup_args}
         cls._annotate_assembly(assembled, mdata, specs, model_args, source_registry)
@@ -503,7 +516,39 @@ class RegistrationMixin:
                 lines.append(f"  {key.replace('_keys', 's')}: {list(args[key])}")
         for key in self._model_setup_args:
             lines.append(f"  {key}: {args[key]!r}")
+        for name, frame in self.feature_masks.items():
+            partial = frame.index[~frame.to_numpy().all(1)]
+            lines.append(
+                f"  feature masks of {name}: {len(partial)} of {len(frame)} batches measured a "
+                f"subset ({int(frame.to_numpy().sum(1).min())} to {frame.shape[1]} features)"
+            )
         print("\n".join(lines))
+
+    @property
+    def feature_masks(self) -> dict[str, pd.DataFrame]:
+        """Measured features per batch (``True``: measured), for modalities with masks."""
+        return as_frames(
+            _compat.setup_args(self.registry_).get("feature_masks") or {},
+            self._batch_categories(),
+            {name: self.modality_var_names(name) for name in self.modalities},
+        )
+
+    def _batch_categories(self) -> list[str]:
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        return [str(b) for b in state.categorical_mapping]
+
+    def _measured_features(self) -> dict:
+        """``{modality: (n_batch, n_features) bool}`` for a module (batches in model order)."""
+        import torch
+
+        unmeasured = _compat.setup_args(self.registry_).get("feature_masks") or {}
+        batches = self._batch_categories()
+        return {
+            name: torch.as_tensor(
+                measured_matrix(per_batch, batches, self.modality_var_names(name))
+            )
+            for name, per_batch in unmeasured.items()
+        }
 
     def _library_log_means(self, specs: Sequence[ModalitySpec]):
         """Mean observed log library of each modality (0 for non-count likelihoods).
@@ -532,6 +577,25 @@ class RegistrationMixin:
             "n_cats_per_cov": list(cat_state.get("n_cats_per_key", [])),
             "n_continuous_cov": self.summary_stats.get("n_extra_continuous_covs", 0),
         }
+
+
+def _resolved_masks(mdata: MuData, args: dict) -> dict:
+    """``args["feature_masks"]`` in registry form (checked first when given as DataFrames)."""
+    masks = args.get("feature_masks") or {}
+    if isinstance(masks, Mapping) and all(isinstance(v, dict) for v in masks.values()):
+        return masks  # already the registry's form (a loaded model or a query)
+    mapping = resolve_modalities(mdata, args["modalities"])
+    var_names = {name: mdata.mod[key].var_names for name, key in mapping.items()}
+    batch_key = args["batch_key"]
+    batches = observed = None
+    if batch_key is not None:
+        column = pd.Series(categorical_column(mdata, batch_key, "batch_key"), index=mdata.obs_names)
+        batches = list(column.cat.categories)
+        observed = {
+            name: set(column[mdata.obs_names.isin(mdata.mod[key].obs_names)].astype(str))
+            for name, key in mapping.items()
+        }
+    return resolve_feature_masks(masks, var_names, batches, batch_key, observed)
 
 
 def locals_without(values: dict, *names: str) -> dict:

@@ -19,6 +19,24 @@ def _owning_fclayers(module: nn.Module, name: str) -> FCLayers | None:
     return owners[max(prefixes, key=len)] if prefixes else None
 
 
+#: state added to the modules after models were first saved, and its neutral start value in a
+#: module: encoders' ``missing_value`` and JAE transforms' ``feature_mean`` (feature masks)
+_ADDED_STATE = ("missing_value", "feature_mean")
+
+
+def complete_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    """``state`` with the entries it predates taken from ``module`` (their start values).
+
+    Lets a model saved before feature masks existed load: without masks they are unused.
+    """
+    added = {
+        name: value.detach().clone()
+        for name, value in module.state_dict().items()
+        if name not in state and name.rsplit(".", 1)[-1] in _ADDED_STATE
+    }
+    return {**state, **added} if added else state
+
+
 def transfer_reference_weights(
     reference_state: dict[str, torch.Tensor],
     module: nn.Module,

@@ -2,6 +2,7 @@
 
 from ._backed import MosaicRows, read_backed
 from ._cell_cycle import cell_cycle_genes, score_cell_cycle
+from ._combine import concat_mosaic
 from ._constants import OBSERVED_KEY
 from ._mosaic import (
     ModalitySpec,
@@ -23,6 +24,7 @@ __all__ = [
     "SomaRows",
     "read_soma",
     "write_soma",
+    "concat_mosaic",
     "cell_cycle_genes",
     "score_cell_cycle",
     "ModalitySpec",

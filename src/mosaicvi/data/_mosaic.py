@@ -36,6 +36,7 @@ from ._constants import (
     OBSERVED_OBSM_KEY,
     ROWS_UNS_KEY,
 )
+from ._feature_masks import UnmeasuredFeatures, drop_unmeasured_values, measured_matrix
 from ._normalise import CHUNK_ROWS, row_chunks
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def _hstack_rows(blocks: Sequence[sp.csr_matrix], chunk_rows: int = CHUNK_ROWS) 
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_columns))
 
 
-def _categorical_column(mdata: MuData, key: str, what: str) -> pd.Categorical:
+def categorical_column(mdata: MuData, key: str, what: str) -> pd.Categorical:
     column = _obs_column(mdata, key, what)
     if column.isna().any():
         raise ValueError(
@@ -329,6 +330,7 @@ def assemble_mosaic(
     categorical_covariate_keys: Sequence[str] | None = None,
     continuous_covariate_keys: Sequence[str] | None = None,
     require_observed: bool = True,
+    feature_masks: UnmeasuredFeatures | None = None,
 ) -> ad.AnnData:
     """Assemble the model-facing AnnData of a (possibly unpaired) MuData.
 
@@ -343,6 +345,11 @@ def assemble_mosaic(
     require_observed
         Reject modalities observed in no cell (right for training a model; a query may lack
         whole modalities).
+    feature_masks
+        Unmeasured features per modality and batch (the form of
+        :func:`~mosaicvi.data._feature_masks.resolve_feature_masks`). Their values are left out
+        of the assembled matrix and of the library sizes (in memory; a modality on disk is
+        masked per minibatch by the model).
 
     Returns
     -------
@@ -363,6 +370,8 @@ def assemble_mosaic(
             "modalities. Subset the MuData to cells with data, e.g. `mdata[cells].copy()`."
         )
 
+    feature_masks = feature_masks or {}
+    batches = categorical_column(mdata, batch_key, "batch_key") if batch_key else None
     matrices = [modality_matrix(mdata, spec.mod_key, spec.layer) for spec in specs]
     out_of_core = any(is_backed(matrix) for matrix in matrices)
     if out_of_core:
@@ -385,6 +394,11 @@ def assemble_mosaic(
             )
         else:
             block = _padded_rows(matrix, positions, mdata.n_obs)
+            if spec.name in feature_masks:
+                user_data = getattr(matrix, "data", None)
+                if isinstance(user_data, np.ndarray) and np.may_share_memory(block.data, user_data):
+                    block = block.copy()  # never edit the user's matrix
+                _drop_unmeasured(block, spec, feature_masks[spec.name], batches, mod.var_names)
             library[:, k] = np.asarray(block.sum(1)).ravel()
             blocks.append(block)
         if get_likelihood(spec.likelihood).uses_library:
@@ -406,9 +420,9 @@ def assemble_mosaic(
 
     obs = pd.DataFrame(index=mdata.obs_names.astype(str))
     if batch_key is not None:
-        obs[BATCH_COLUMN] = _categorical_column(mdata, batch_key, "batch_key")
+        obs[BATCH_COLUMN] = batches
     for key in categorical_covariate_keys or []:
-        obs[key] = _categorical_column(mdata, key, "Categorical covariate")
+        obs[key] = categorical_column(mdata, key, "Categorical covariate")
     for key in continuous_covariate_keys or []:
         column = pd.to_numeric(_obs_column(mdata, key, "Continuous covariate"), errors="coerce")
         if not np.isfinite(column.to_numpy(dtype=float)).all():
@@ -427,6 +441,25 @@ def assemble_mosaic(
     assembled.obsm[OBSERVED_OBSM_KEY] = mask.astype(np.float32)
     assembled.obsm[LIBRARY_OBSM_KEY] = library
     return assembled
+
+
+def _drop_unmeasured(
+    block: sp.csr_matrix,
+    spec: ModalitySpec,
+    unmeasured: dict,
+    batches: pd.Categorical,
+    var_names: pd.Index,
+) -> None:
+    """Zero the values of features a cell's batch did not measure, in the assembled block."""
+    measured = measured_matrix(unmeasured, list(batches.categories), var_names)
+    n_dropped = drop_unmeasured_values(block, np.asarray(batches.codes), measured)
+    if n_dropped:
+        logger.info(
+            "%s: %d non-zero values lie in features their batch did not measure "
+            "(feature_masks); the model ignores them.",
+            spec.name,
+            n_dropped,
+        )
 
 
 def _rows_in_source(positions: np.ndarray, n_cells: int) -> np.ndarray | None:

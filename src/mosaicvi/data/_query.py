@@ -53,7 +53,8 @@ def prepare_query(
     """Align a query MuData to a reference model's modalities and features.
 
     For every modality of the reference: features are put in the reference's order; features
-    the query lacks are added as zeros (with a warning giving their number); extra features are
+    the query lacks are added as empty columns (with a warning giving their number;
+    ``load_query_data`` marks them unmeasured); extra features are
     dropped (with a warning). A reference modality absent from the query is added with no cells,
     i.e. unobserved everywhere. Query modalities the reference does not know are dropped (with a
     warning). ``query`` itself is not modified.
@@ -114,7 +115,8 @@ def prepare_query(
         if n_missing:
             warnings.warn(
                 f"{n_missing} of {len(expected)} reference {spec.name!r} features are missing from "
-                "the query; they are added as zeros.",
+                "the query; they are added as empty columns (a mapped query treats them as "
+                "unmeasured in its batches).",
                 stacklevel=2,
             )
         if n_extra:

@@ -40,24 +40,41 @@ class Likelihood:
         """Transform of the raw data that the encoder reads."""
         return x
 
+    def restrict(
+        self, params: dict[str, torch.Tensor], feature_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Parameters for data measured on the features where ``feature_mask`` is 1 only.
+
+        Unchanged by default: each feature's distribution stands alone. Likelihoods whose
+        means are proportions of a library size renormalise them over the measured features.
+        """
+        return params
+
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """Data the likelihood scores (e.g. binarised for Bernoulli)."""
         return x
 
     def log_likelihood(
-        self, px: Distribution, x: torch.Tensor, memo: dict | None = None
+        self,
+        px: Distribution,
+        x: torch.Tensor,
+        memo: dict | None = None,
+        feature_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Log-likelihood of each cell's data (``target(x)``) under ``px``, summed over features.
 
         ``memo``: one dict shared by the calls that score the same ``x`` with the same decoder
         (several decodings of one minibatch); terms that do not depend on the decoded means are
-        then computed once.
+        then computed once. ``feature_mask`` (same shape as ``x``, 1/0): only the features
+        marked 1 are scored; the values elsewhere are ignored.
         """
         target = self.target(x)
+        if feature_mask is not None:
+            target = target * feature_mask
         per_cell = getattr(px, "log_prob_per_cell", None)
-        if per_cell is None:
-            return px.log_prob(target).sum(-1)
-        return per_cell(target, memo=memo)
+        if per_cell is not None:
+            return per_cell(target, memo=memo, feature_mask=feature_mask)
+        return masked_sum(px.log_prob(target), feature_mask)
 
 
 class _ScaleHead(nn.Module):
@@ -81,6 +98,11 @@ class _ScaleHead(nn.Module):
         if self.zi_logits is not None:
             params["zi_logits"] = self.zi_logits(h)
         return params
+
+
+def masked_sum(values: torch.Tensor, feature_mask: torch.Tensor | None) -> torch.Tensor:
+    """``values`` summed over features, those where ``feature_mask`` is 0 left out."""
+    return (values if feature_mask is None else values * feature_mask).sum(-1)
 
 
 def log_factorial(x: torch.Tensor) -> torch.Tensor:
@@ -144,9 +166,16 @@ class CountPoisson(Poisson):
         return value * self.log_rate - self.rate - log_factorial(value)
 
     def log_prob_per_cell(
-        self, value: torch.Tensor, sparse: bool | None = None, memo: dict | None = None
+        self,
+        value: torch.Tensor,
+        sparse: bool | None = None,
+        memo: dict | None = None,
+        feature_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``log_prob(value).sum(-1)`` for cells x features, computed per cell.
+
+        ``feature_mask`` (1/0, shape of ``value``, whose entries must be 0 where it is 0):
+        features marked 0 are left out.
 
         ``sum_j x_j log rate_j`` needs the log rates at the non-zero counts only: with
         ``sparse`` (default: on CPU) it reads them there, which for sparse data such as ATAC
@@ -155,7 +184,7 @@ class CountPoisson(Poisson):
         for the next decoding of the same ``value``.
         """
         if value.dim() != 2:
-            return self.log_prob(value).sum(-1)
+            return masked_sum(self.log_prob(value), feature_mask)
         if sparse is None:
             sparse = value.device.type == "cpu"
         memo = {} if memo is None else memo
@@ -168,7 +197,12 @@ class CountPoisson(Poisson):
                 memo["log_factorial"] = value.new_zeros(len(value)).index_add(0, rows, log_fact)
             else:
                 memo["log_factorial"] = log_factorial(value).sum(-1)
-        total = self._total_rate if self._total_rate is not None else self.rate.sum(-1)
+        if feature_mask is not None:
+            total = (self.rate * feature_mask).sum(-1)
+        elif self._total_rate is not None:
+            total = self._total_rate
+        else:
+            total = self.rate.sum(-1)
         per_cell = -total - memo["log_factorial"]
         if not sparse:
             return per_cell + (value * self.log_rate).sum(-1)
@@ -207,9 +241,16 @@ class FeatureDispersionNB(NegativeBinomial):
         return _add_gamma_terms(dense, value, theta, sparse=value.device.type == "cpu")
 
     def log_prob_per_cell(
-        self, value: torch.Tensor, sparse: bool | None = None, memo: dict | None = None
+        self,
+        value: torch.Tensor,
+        sparse: bool | None = None,
+        memo: dict | None = None,
+        feature_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``log_prob(value).sum(-1)`` for cells x features, computed per cell.
+
+        ``feature_mask`` (1/0, shape of ``value``, whose entries must be 0 where it is 0):
+        features marked 0 are left out.
 
         With one dispersion per feature, the terms that depend on ``theta`` alone are evaluated
         once per feature, so ``lgamma(theta)`` and its ``digamma`` gradient cost one evaluation
@@ -220,33 +261,43 @@ class FeatureDispersionNB(NegativeBinomial):
         """
         mu, theta = self.mu, self.theta
         if value.dim() != 2 or theta.dim() != 2 or theta.stride(0) != 0:
-            return self.log_prob(value).sum(-1)
+            return masked_sum(self.log_prob(value), feature_mask)
         base = theta[0]
         log_theta_mu = torch.log(theta + mu + _EPS)
         log_mu = self.log_mu if self.log_mu is not None else torch.log(mu + _EPS)
         log_ratio = log_mu - log_theta_mu
         # sums, not matrix products: autocast would run those in bfloat16 under mixed precision
-        mean_terms = (value * log_ratio - log_theta_mu * base).sum(-1)
+        mean_terms = masked_sum(value * log_ratio - log_theta_mu * base, feature_mask)
         if memo is not None and "count_terms" in memo:
             return mean_terms + memo["count_terms"]
         if sparse is None:
             sparse = value.device.type == "cpu"
-        count_terms = _nb_count_terms(value, base, sparse=sparse)
+        count_terms = _nb_count_terms(value, base, sparse=sparse, feature_mask=feature_mask)
         if memo is not None:
             memo["count_terms"] = count_terms
         return mean_terms + count_terms
 
 
-def _nb_count_terms(value: torch.Tensor, theta: torch.Tensor, sparse: bool) -> torch.Tensor:
+def _nb_count_terms(
+    value: torch.Tensor,
+    theta: torch.Tensor,
+    sparse: bool,
+    feature_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The NB log-density terms free of the mean, per cell, for per-feature ``theta`` ``(G,)``.
 
     ``sum_j theta_j log theta_j + sum_{j: x_j > 0} lgamma(x_j + theta_j) - lgamma(theta_j)
     - lgamma(x_j + 1)``. ``sparse=True`` evaluates ``lgamma(x + theta)`` at the non-zero counts
     only (fast on CPU); ``False`` densely, which on an accelerator avoids the host-device
-    synchronisation of ``nonzero()``.
+    synchronisation of ``nonzero()``. With ``feature_mask`` the sums run over its features.
     """
     present = (value > 0).to(theta.dtype)
-    per_cell = (theta * torch.log(theta + _EPS)).sum() - (present * torch.lgamma(theta)).sum(-1)
+    theta_terms = theta * torch.log(theta + _EPS)
+    if feature_mask is None:
+        theta_terms = theta_terms.sum()
+    else:
+        theta_terms = (feature_mask * theta_terms).sum(-1)
+    per_cell = theta_terms - (present * torch.lgamma(theta)).sum(-1)
     if not sparse:
         gamma = torch.lgamma(value + theta) - torch.lgamma(value + 1.0)
         return per_cell + (gamma * present).sum(-1)
@@ -291,6 +342,12 @@ class NegativeBinomialLikelihood(Likelihood):
 
     def normalized_mean(self, params):  # noqa: D102
         return params["log_scale"].exp()
+
+    def restrict(self, params, feature_mask):
+        """Log proportions renormalised over the measured features (they sum to 1 there)."""
+        measured = params["log_scale"].masked_fill(feature_mask == 0, float("-inf"))
+        shift = torch.logsumexp(measured, dim=-1, keepdim=True)
+        return {**params, "log_scale": params["log_scale"] - shift}
 
     def encoder_input(self, x):
         """log1p of counts per 10,000, so sequencing depth does not shape the latent."""

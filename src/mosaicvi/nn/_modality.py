@@ -72,12 +72,27 @@ class ModalityEncoder(nn.Module):
         self.body = hidden_layers(n_input, n_hidden, n_layers, n_cat_list, dropout_rate)
         self.mean = nn.Linear(n_hidden, n_heads * n_latent)
         self.log_var = nn.Linear(n_hidden, n_heads * n_latent)
+        # the input of features a cell's batch did not measure (feature masks): learned, so
+        # that "not measured" differs from a measured zero
+        self.missing_value = nn.Parameter(torch.zeros(n_input))
 
     def forward(
-        self, x: torch.Tensor, *cat_covs: torch.Tensor, cont_covs: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        *cat_covs: torch.Tensor,
+        cont_covs: torch.Tensor | None = None,
+        feature_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance, each ``(n, n_latent)`` (``(n_heads, n, n_latent)``)."""
-        h = self.likelihood.encoder_input(x)
+        """Posterior mean and variance, each ``(n, n_latent)`` (``(n_heads, n, n_latent)``).
+
+        ``feature_mask`` ``(n, n_features)``: 1 where the cell's batch measured a feature;
+        unmeasured features are read as :attr:`missing_value` (their data are ignored).
+        """
+        if feature_mask is None:
+            h = self.likelihood.encoder_input(x)
+        else:
+            h = self.likelihood.encoder_input(x * feature_mask)
+            h = torch.where(feature_mask > 0, h, self.missing_value[: h.shape[-1]])
         if cont_covs is not None:
             h = torch.cat([h, cont_covs], dim=-1)
         h = self.body(h, *cat_covs)

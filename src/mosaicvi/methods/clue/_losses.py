@@ -137,15 +137,16 @@ class CLUELossTerms:
         if "px_decoded" in generative_outputs:
             return self._shared_elbo_terms(x, out, generative_outputs, kl_self, kl_cross, kl_weight)
         memo = {}  # the self and cross decodings score the same data with the same decoders
+        masks = out.get("feature_masks")
         if self.self_weight > 0:
             px_self = generative_outputs["px_self"]
             rec_self = torch.stack(
-                list(self._reconstruction(x, px_self, observed, memo).values()), dim=1
+                list(self._reconstruction(x, px_self, observed, memo, masks).values()), dim=1
             )
         if self.cross_weight > 0:
             px_cross = generative_outputs["px_cross"]
             rec_cross = torch.stack(
-                list(self._reconstruction(x, px_cross, cross_mask, memo).values()), dim=1
+                list(self._reconstruction(x, px_cross, cross_mask, memo, masks).values()), dim=1
             )
         self_elbo = (rec_self + kl_weight * kl_self).sum(1) if self.self_weight > 0 else zeros[:, 0]
         cross_elbo = (
@@ -170,7 +171,11 @@ class CLUELossTerms:
         """
         observed, decoded_cross = out["observed"], out["decoded_cross"]
         rec = torch.stack(
-            list(self._reconstruction(x, generative_outputs["px_decoded"], observed).values()),
+            list(
+                self._reconstruction(
+                    x, generative_outputs["px_decoded"], observed, None, out.get("feature_masks")
+                ).values()
+            ),
             dim=1,
         )
         decoded_self = observed - decoded_cross

@@ -137,6 +137,7 @@ class CLUE(AnalysisMixin, ImputationMixin, MosaicModel):
             adversarial_weight=adversarial_weight,
             encode_covariates=encode_covariates,
             library_log_means=self._library_log_means(specs),
+            measured_features=self._measured_features(),
             elbo_estimator=elbo_estimator,
         )
         self._model_summary_string = self._model_summary(

@@ -90,6 +90,8 @@ class CLUEModule(CLUELossTerms, VAEModule):
         Condition the encoders on batch and covariates too.
     discriminator_hidden, discriminator_layers
         Architecture of the modality discriminator.
+    measured_features
+        Per-batch feature masks (see :class:`~mosaicvi.base.ModalityModule`).
     library_log_means
         ``(K,)`` mean observed log library of each modality (start of the library predictors).
     """
@@ -115,8 +117,9 @@ class CLUEModule(CLUELossTerms, VAEModule):
         discriminator_layers: int = 2,
         library_log_means: torch.Tensor | None = None,
         elbo_estimator: ElboEstimator = "separate",
+        measured_features: dict[str, torch.Tensor] | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, measured_features)
         if elbo_estimator not in ("shared", "separate"):
             raise ValueError(
                 f"elbo_estimator must be 'shared' or 'separate', got {elbo_estimator!r}."
@@ -250,12 +253,15 @@ class CLUEModule(CLUELossTerms, VAEModule):
         means/variances, and ``modality_means``/``modality_z`` ``(K, n, K * d)``: the latent
         inferred from each single modality ``j``.
         """
-        cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
-        enc_cont = cont_covs if self.encode_covariates else None
-        by_input = [
-            encoder(x[:, s], *cats, cont_covs=enc_cont)
-            for encoder, s in zip(self.encoders, self.slices)
-        ]  # one (K, n, d) pair per input modality j
+        feature_masks = self.feature_masks(batch_index)
+        # one (K, n, d) pair per input modality j
+        by_input = self.encode_modalities(
+            x,
+            batch_index,
+            cat_covs,
+            cont_covs,
+            self.encoder_feature_masks(feature_masks, batch_index),
+        )
         expert_means = torch.stack([m for m, _ in by_input], dim=1)  # (K, J, n, d), [k, j]
         expert_vars = torch.stack([v for _, v in by_input], dim=1)
 
@@ -291,7 +297,7 @@ class CLUEModule(CLUELossTerms, VAEModule):
             "z": z,
             "qz_mean": qz_mean,
             "qz_var": qz_var,
-            "library": self.log_library(x),
+            "library": self.log_library(x, feature_masks),
             "observed": mask,
             "expert_means": expert_means,
             "expert_vars": expert_vars,
@@ -304,6 +310,8 @@ class CLUEModule(CLUELossTerms, VAEModule):
             "modality_means": modality_means,
             "modality_z": modality_z,
         }
+        if feature_masks:
+            outputs["feature_masks"] = feature_masks
         if self.training and n_samples == 1 and self.elbo_estimator == "shared":
             outputs.update(self._decoded_latent(outputs))
         return outputs

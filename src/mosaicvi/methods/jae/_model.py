@@ -142,6 +142,7 @@ class JAE(NoLikelihoodMixin, MosaicModel):
             n_layers=n_layers,
             dropout_rate=dropout_rate,
             modality_dropout=modality_dropout,
+            measured_features=self._measured_features(),
         )
         sizes = self.module.latent_sizes
         self._model_summary_string = (
@@ -178,12 +179,20 @@ class JAE(NoLikelihoodMixin, MosaicModel):
         A loaded or mapped model brings fitted transforms in its weights.
         """
         observed = self.adata.obsm[OBSERVED_OBSM_KEY].astype(bool)
+        measured = self._measured_features()
+        batch_codes = None
+        if measured:
+            batch_codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
+            batch_codes = np.asarray(batch_codes).ravel().astype(np.int64)
         for k, (transform, columns) in enumerate(zip(self.module.transforms, self.module.slices)):
             if not bool(transform.fitted):
+                table = measured.get(self.module.modalities[k].name)
                 transform.fit(
                     assembled_matrix(self.adata),
                     rows=np.flatnonzero(observed[:, k]),
                     columns=columns,
+                    batch_codes=batch_codes if table is not None else None,
+                    measured=None if table is None else table.numpy(),
                 )
 
     # ------------------------------------------------------------------ setup
@@ -200,6 +209,7 @@ class JAE(NoLikelihoodMixin, MosaicModel):
         cell_cycle_keys: Sequence[str] | None = None,
         cell_cycle_modality: str | None = None,
         organism: Literal["human", "mouse"] | None = None,
+        feature_masks: Mapping[str, pd.DataFrame] | None = None,
     ) -> None:
         """Register a MuData (paired or mosaic) with labels and cell-cycle scores.
 
@@ -209,6 +219,10 @@ class JAE(NoLikelihoodMixin, MosaicModel):
 
         Parameters
         ----------
+        feature_masks
+            Measured features per batch, as for :meth:`mosaicvi.model.MultiVAE.setup_mudata`;
+            an unmeasured feature enters the input transform as the reference's mean of the
+            feature and is left out of the reconstruction of per-feature inputs.
         labels_key
             Column of ``mdata.obs`` with cell types. Missing values and ``unlabeled_category``
             mark unlabelled cells, which contribute no cell-type loss (semi-supervised).

@@ -56,6 +56,10 @@ class JAEModule(ModalityModule):
         Unsupervised latent dimensions.
     n_hidden, n_layers, dropout_rate
         Encoder and decoder MLPs (LayerNorm, LeakyReLU).
+    measured_features
+        Per-batch feature masks (see :class:`~mosaicvi.base.ModalityModule`): unmeasured
+        features enter the input transforms as the reference mean and are left out of the
+        reconstruction of per-feature inputs (``"clr"``, ``"log1p"``).
     modality_dropout
         During training, the probability that a cell with several modalities is encoded from all
         but one randomly chosen of them (still reconstructing all), so that cells measured with
@@ -74,8 +78,9 @@ class JAEModule(ModalityModule):
         n_layers: int = 2,
         dropout_rate: float = 0.1,
         modality_dropout: float = 0.2,
+        measured_features: dict[str, torch.Tensor] | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, measured_features)
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}.")
         self.transforms = nn.ModuleList(
@@ -114,9 +119,18 @@ class JAEModule(ModalityModule):
         self.decoder = _mlp(self.n_latent, self.n_features, n_hidden, n_layers, dropout_rate)
 
     # ---------------------------------------------------------------- inference
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(
+        self, x: torch.Tensor, feature_masks: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Transformed input features of every modality, concatenated ``(n, n_features)``."""
-        return torch.cat([t(x[:, s]) for t, s in zip(self.transforms, self.slices)], dim=-1)
+        feature_masks = feature_masks or {}
+        return torch.cat(
+            [
+                t(x[:, s], feature_masks.get(k))
+                for k, (t, s) in enumerate(zip(self.transforms, self.slices))
+            ],
+            dim=-1,
+        )
 
     def _drop_one_modality(self, mask: torch.Tensor) -> torch.Tensor:
         """Hide one random observed modality of some multi-modal cells (training only)."""
@@ -148,14 +162,20 @@ class JAEModule(ModalityModule):
         The autoencoder is deterministic: ``z`` equals ``qz_mean`` and ``n_samples`` repeats it.
         """
         observed = observed.to(x.dtype)
-        features = self.features(x)
+        feature_masks = self.feature_masks(batch_index)
+        features = self.features(x, feature_masks)  # what the decoder reconstructs
+        encoder_masks = self.encoder_feature_masks(feature_masks, batch_index)
+        encoded = features if encoder_masks is feature_masks else self.features(x, encoder_masks)
         input_mask = observed if use_modalities is None else observed * use_modalities
         if self.training and self.modality_dropout > 0:
             input_mask = self._drop_one_modality(input_mask)
-        encoder_input = torch.cat([features * self._expand(input_mask), input_mask], dim=-1)
+        encoder_input = torch.cat([encoded * self._expand(input_mask), input_mask], dim=-1)
         z = self.encoder(encoder_input)
         sampled = z if n_samples == 1 else z.unsqueeze(0).expand(n_samples, -1, -1)
-        return {"z": sampled, "qz_mean": z, "observed": observed, "features": features}
+        outputs = {"z": sampled, "qz_mean": z, "observed": observed, "features": features}
+        if feature_masks:
+            outputs["feature_masks"] = feature_masks
+        return outputs
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {"z": inference_outputs["qz_mean"]}
@@ -199,10 +219,15 @@ class JAEModule(ModalityModule):
         observed = inference_outputs["observed"]
         features = inference_outputs["features"]
         squared = (generative_outputs["reconstruction"] - features) ** 2
-        reconstruction = {
-            spec.name: squared[:, s].mean(-1) * observed[:, k]
-            for k, (spec, s) in enumerate(zip(self.modalities, self.feature_slices))
-        }
+        feature_masks = inference_outputs.get("feature_masks") or {}
+        reconstruction = {}
+        for k, (spec, s) in enumerate(zip(self.modalities, self.feature_slices)):
+            if k in feature_masks and self.transforms[k].kind != "svd":  # per-feature inputs
+                measured = feature_masks[k]
+                error = (squared[:, s] * measured).sum(-1) / measured.sum(-1).clamp_min(1.0)
+            else:
+                error = squared[:, s].mean(-1)
+            reconstruction[spec.name] = error * observed[:, k]
         recon = sum(reconstruction.values())
 
         labels = tensors[REGISTRY_KEYS.LABELS_KEY].long().ravel()

@@ -40,9 +40,31 @@ def fit_cells(rows: np.ndarray, limit: int | None = None, seed: int = 0) -> np.n
     return np.concatenate([rows[start : start + _FIT_BLOCK] for start in chosen])[:limit]
 
 
-def _clr_numpy(counts) -> np.ndarray:
+def _clr_numpy(counts, measured: np.ndarray | None = None) -> np.ndarray:
+    """Centred log-ratios per cell (over its measured features when ``measured`` is given)."""
     logged = np.log1p(counts.toarray() if sp.issparse(counts) else np.asarray(counts, np.float64))
-    return logged - logged.mean(1, keepdims=True)
+    if measured is None:
+        return logged - logged.mean(1, keepdims=True)
+    logged *= measured
+    n_measured = np.maximum(measured.sum(1, keepdims=True), 1)
+    return (logged - logged.sum(1, keepdims=True) / n_measured) * measured
+
+
+def _masked_mean(values, batch_codes: np.ndarray | None, measured: np.ndarray | None) -> np.ndarray:
+    """Per-feature mean of ``values`` over the rows whose batch measured the feature.
+
+    ``values`` (rows x features, sparse or dense) is zero at unmeasured entries; without
+    ``measured`` every row counts.
+    """
+    if measured is None:
+        return np.asarray(values.mean(0), dtype=np.float64).ravel()
+    totals = np.zeros(measured.shape[1])
+    counts = np.zeros(measured.shape[1])
+    for b in np.unique(batch_codes):
+        in_batch = batch_codes == b
+        totals += np.asarray(values[in_batch].sum(0), dtype=np.float64).ravel() * measured[b]
+        counts += in_batch.sum() * measured[b]
+    return totals / np.maximum(counts, 1)
 
 
 class ModalityTransform(nn.Module):
@@ -77,6 +99,8 @@ class ModalityTransform(nn.Module):
             self.register_buffer("components", torch.zeros(n_vars, self.n_out))
         self.register_buffer("center", torch.zeros(self.n_out))
         self.register_buffer("scale", torch.ones(()))
+        # input of features a cell's batch did not measure: the reference mean (feature masks)
+        self.register_buffer("feature_mean", torch.zeros(n_vars))
         # saved with the weights: a loaded or mapped model is never fitted again
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
@@ -92,6 +116,8 @@ class ModalityTransform(nn.Module):
         random_state: int = 0,
         rows: np.ndarray | None = None,
         columns: slice | None = None,
+        batch_codes: np.ndarray | None = None,
+        measured: np.ndarray | None = None,
     ) -> ModalityTransform:
         """Fit on the reference cells that have this modality (at most ``MAX_FIT_CELLS``).
 
@@ -109,6 +135,13 @@ class ModalityTransform(nn.Module):
             The reference cells (integer positions) and this modality's features in
             ``counts`` (default: all). They are read chunk by chunk, so no copy of the
             selection is made besides the log-normalised one that the SVD needs.
+        batch_codes, measured
+            With per-batch feature masks: the batch of every row of ``counts`` and the
+            ``(n_batch, n_vars)`` table of measured features. Unmeasured entries (zero in the
+            model's data) then count for nothing in the normalisation; they enter the features
+            as :attr:`feature_mean`, the mean over the cells that measured the feature (the SVD
+            basis itself is fitted with them at zero). Without masks :attr:`feature_mean` is the
+            mean over all cells (what a query's missing features are read as).
         """
         rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows)
         rows = fit_cells(rows, seed=random_state)
@@ -119,12 +152,25 @@ class ModalityTransform(nn.Module):
                 f"Fitting the input transform needs at least 2 cells with this modality, got "
                 f"{n_cells}."
             )
+        masked = measured is not None
+        codes = np.asarray(batch_codes)[rows] if masked else None
         if self.kind == "clr":
             features = np.concatenate(
-                [_clr_numpy(select(counts, chunk, columns)) for chunk in row_chunks(rows)]
+                [
+                    _clr_numpy(
+                        select(counts, chunk, columns),
+                        measured[np.asarray(batch_codes)[chunk]] if masked else None,
+                    )
+                    for chunk in row_chunks(rows)
+                ]
             )
+            mean = _masked_mean(features, codes, measured)
+            self.feature_mean.copy_(torch.as_tensor(mean))
+            if masked:
+                features = np.where(measured[codes], features, mean)
         else:
             logged = log_normalise(counts, rows, columns)
+            self.feature_mean.copy_(torch.as_tensor(_masked_mean(logged, codes, measured)))
             if self.kind == "svd":
                 from sklearn.decomposition import TruncatedSVD
 
@@ -138,6 +184,11 @@ class ModalityTransform(nn.Module):
                 self.components.copy_(torch.as_tensor(components))
             features = self._features_numpy(logged)
             del logged
+            if masked:  # features of the mean-filled input, batch by batch
+                fill = self.feature_mean.cpu().numpy().astype(np.float64) * ~measured
+                if self.kind == "svd":
+                    fill = fill @ self.components.cpu().numpy().astype(np.float64)
+                features = features + fill[codes]
         center = features.mean(0)
         scale = float(np.sqrt(((features - center) ** 2).mean()))
         self.center.copy_(torch.as_tensor(center))
@@ -145,16 +196,28 @@ class ModalityTransform(nn.Module):
         self.fitted.fill_(True)
         return self
 
-    def forward(self, counts: torch.Tensor) -> torch.Tensor:
-        """Features of a minibatch of counts, ``(n, n_out)``."""
+    def forward(self, counts: torch.Tensor, measured: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of a minibatch of counts, ``(n, n_out)``.
+
+        ``measured`` (1/0 per cell and feature): unmeasured features are read as
+        :attr:`feature_mean` and left out of the normalisation.
+        """
+        if measured is not None:
+            counts = counts * measured
         if self.kind == "clr":
             logged = torch.log1p(counts)
-            h = logged - logged.mean(-1, keepdim=True)
+            if measured is None:
+                h = logged - logged.mean(-1, keepdim=True)
+            else:
+                n_measured = measured.sum(-1, keepdim=True).clamp_min(1.0)
+                h = logged - (logged * measured).sum(-1, keepdim=True) / n_measured
         else:
             library = counts.sum(-1, keepdim=True).clamp_min(1.0)
             h = torch.log1p(counts * (TARGET_SUM / library))
-            if self.kind == "svd":
-                h = h @ self.components
+        if measured is not None:
+            h = torch.where(measured > 0, h, self.feature_mean)
+        if self.kind == "svd":
+            h = h @ self.components
         return (h - self.center) / self.scale
 
     def proportions(self, features: torch.Tensor) -> torch.Tensor:

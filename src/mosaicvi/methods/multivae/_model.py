@@ -104,6 +104,7 @@ class MultiVAE(AnalysisMixin, ImputationMixin, MosaicModel):
             elbo_estimator=elbo_estimator,
             integration_loss=integration_loss,
             library_log_means=self._library_log_means(specs),
+            measured_features=self._measured_features(),
         )
         self._model_summary_string = self._model_summary(
             f"{mixing}, latent {n_latent}, integration {integration_loss}"

@@ -69,6 +69,8 @@ class MultiVAEModule(VAEModule):
     library_log_means
         ``(K,)`` mean observed log library size of each modality; starting value of the library
         predictors that give cells lacking a count modality a library size for imputation.
+    measured_features
+        Per-batch feature masks (see :class:`~mosaicvi.base.ModalityModule`).
     """
 
     def __init__(
@@ -87,8 +89,9 @@ class MultiVAEModule(VAEModule):
         integration_loss: IntegrationLoss | None = "latent",
         library_log_means: torch.Tensor | None = None,
         elbo_estimator: ElboEstimator = "separate",
+        measured_features: dict[str, torch.Tensor] | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, measured_features)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {mixing!r}.")
         if integration_loss not in (None, "latent", "marginal"):
@@ -146,12 +149,14 @@ class MultiVAEModule(VAEModule):
         ``use_modalities`` (a 0/1 tensor of length K) restricts the joint posterior to some
         modalities, e.g. to embed cells from RNA alone.
         """
-        cats = self._cat_list(batch_index, cat_covs) if self.encode_covariates else []
-        enc_cont = cont_covs if self.encode_covariates else None
+        feature_masks = self.feature_masks(batch_index)
         means, variances = zip(
-            *(
-                encoder(x[:, s], *cats, cont_covs=enc_cont)
-                for encoder, s in zip(self.encoders, self.slices)
+            *self.encode_modalities(
+                x,
+                batch_index,
+                cat_covs,
+                cont_covs,
+                self.encoder_feature_masks(feature_masks, batch_index),
             )
         )
         expert_means, expert_vars = torch.stack(means), torch.stack(variances)
@@ -165,9 +170,11 @@ class MultiVAEModule(VAEModule):
             "qz_var": qz_var,
             "expert_means": expert_means,
             "expert_vars": expert_vars,
-            "library": self.log_library(x),
+            "library": self.log_library(x, feature_masks),
             "observed": mask,
         }
+        if feature_masks:
+            outputs["feature_masks"] = feature_masks
         if self._shared_pass(n_samples):
             outputs.update(self._decoded_posterior(outputs))
         return outputs
@@ -259,7 +266,13 @@ class MultiVAEModule(VAEModule):
         qz = single(F.one_hot(drawn, len(self.modalities)).to(observed))
         z = qz.rsample()
         px = self.generative(z, inference_outputs["library"], **self._covariates(tensors))["px"]
-        recon = self._reconstruction(tensors[REGISTRY_KEYS.X_KEY], px, observed, memo)
+        recon = self._reconstruction(
+            tensors[REGISTRY_KEYS.X_KEY],
+            px,
+            observed,
+            memo,
+            inference_outputs.get("feature_masks"),
+        )
         recon = sum(recon.values())
         kl = kl_divergence(qz, Normal(0.0, 1.0)).sum(-1)
         return multimodal * (recon + kl_weight * kl), samples
@@ -289,7 +302,9 @@ class MultiVAEModule(VAEModule):
         x = tensors[REGISTRY_KEYS.X_KEY]
         observed = inference_outputs["observed"]
         memo = {}  # terms of the likelihoods that the subset ELBO's decoding shares
-        reconstruction = self._reconstruction(x, generative_outputs["px"], observed, memo)
+        reconstruction = self._reconstruction(
+            x, generative_outputs["px"], observed, memo, inference_outputs.get("feature_masks")
+        )
         shared = "z_decoded" in inference_outputs
         prefix = "decoded" if shared else "qz"
         qz = Normal(inference_outputs[f"{prefix}_mean"], inference_outputs[f"{prefix}_var"].sqrt())
