@@ -57,7 +57,7 @@ if os.environ.get("MOSAICVI_DOCS_OFFLINE"):  # machines without internet: no cro
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 # Notebooks are rendered with the outputs committed in tutorials/ (CI executes them on the real
-# data in tests/test_tutorials.py; the docs build needs neither the data nor a kernel).
+# data in tests/tutorials/test_tutorials.py; the docs build needs neither the data nor a kernel).
 nb_execution_mode = "off"
 nb_merge_streams = True
 

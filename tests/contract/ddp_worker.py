@@ -1,9 +1,10 @@
-"""Train a registered model for one epoch with Lightning DDP on 2 CPU processes (gloo).
+"""Train registered models for one epoch each with Lightning DDP on 2 CPU processes (gloo).
 
-Usage: python tests/contract/ddp_worker.py METHOD OUT_DIR (a name of ``mosaicvi.registry``).
-Lightning re-launches this script once per extra process, so everything here runs in every
-rank; only rank 0 writes the outputs. With ``MOSAICVI_BACKED_FILE`` set, a second model trains
-on that ``.h5mu`` file opened backed (each process reads its own shard of it).
+Usage: python tests/contract/ddp_worker.py METHOD[,METHOD...] OUT_DIR (names of
+``mosaicvi.registry``). Lightning re-launches this script once per extra process, so everything
+here runs in every rank; only rank 0 writes the outputs (``{name}_{method}.npz``). With
+``MOSAICVI_BACKED_FILE`` set, each method also trains on that ``.h5mu`` file opened backed (each
+process reads its own shard of it). The processes are launched once and every fit reuses them.
 """
 
 import inspect
@@ -55,13 +56,15 @@ def train_and_save(method_name: str, mdata, out_path: str) -> None:
         )
 
 
-def main(method_name: str, out_dir: str) -> None:
+def main(method_names: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    train_and_save(method_name, simulated(), os.path.join(out_dir, "result.npz"))
     backed_file = os.environ.get("MOSAICVI_BACKED_FILE")
-    if backed_file:  # the processes are launched: a second fit reuses them
-        mdata = mv.data.read_backed(backed_file)
-        train_and_save(method_name, mdata, os.path.join(out_dir, "backed.npz"))
+    for method_name in method_names.split(","):
+        out = os.path.join(out_dir, f"result_{method_name}.npz")
+        train_and_save(method_name, simulated(), out)
+        if backed_file:
+            mdata = mv.data.read_backed(backed_file)
+            train_and_save(method_name, mdata, os.path.join(out_dir, f"backed_{method_name}.npz"))
 
 
 if __name__ == "__main__":

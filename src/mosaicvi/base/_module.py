@@ -142,9 +142,10 @@ class VAEModule(ModalityModule):
                 n_latent,
                 lik,
                 n_cat_list=list(n_cat_list) if encode_covariates else None,
+                reads_feature_mask=k in self.masked_modalities,
                 **architecture,
             )
-            for spec, lik in zip(self.modalities, self.likelihoods)
+            for k, (spec, lik) in enumerate(zip(self.modalities, self.likelihoods))
         )
 
     def _modality_decoders(

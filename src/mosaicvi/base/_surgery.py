@@ -124,12 +124,14 @@ def freeze(module: nn.Module, trainable_masks: dict[str, torch.Tensor]) -> dict[
 
     Parameters with no trainable entry get ``requires_grad=False`` (they never reach an
     optimizer); the masks of partly trainable parameters are returned for
-    :class:`~mosaicvi.train.FrozenReferenceCallback`.
+    :class:`~mosaicvi.train.FrozenReferenceCallback`. Parameters the module froze itself (inputs
+    that no loss reaches, e.g. ``missing_value`` without feature masks) stay frozen; applying
+    the same masks again changes nothing.
     """
     partial = {}
     for name, param in module.named_parameters():
         mask = trainable_masks.get(name)
-        param.requires_grad = mask is None or bool(mask.any())
+        param.requires_grad = param.requires_grad and (mask is None or bool(mask.any()))
         if mask is not None and mask.any():
             partial[name] = mask
     return partial

@@ -53,6 +53,9 @@ class ModalityEncoder(nn.Module):
     n_heads
         Number of posteriors read from the one hidden body (e.g. one per latent sub-space);
         with more than one, the outputs are ``(n_heads, n, n_latent)``.
+    reads_feature_mask
+        Whether the modality has per-batch feature masks: only then does
+        :attr:`missing_value` train (otherwise no loss reaches it, which DDP rejects).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class ModalityEncoder(nn.Module):
         n_layers: int = 1,
         dropout_rate: float = 0.2,
         n_heads: int = 1,
+        reads_feature_mask: bool = False,
     ):
         super().__init__()
         self.likelihood = likelihood
@@ -74,7 +78,7 @@ class ModalityEncoder(nn.Module):
         self.log_var = nn.Linear(n_hidden, n_heads * n_latent)
         # the input of features a cell's batch did not measure (feature masks): learned, so
         # that "not measured" differs from a measured zero
-        self.missing_value = nn.Parameter(torch.zeros(n_input))
+        self.missing_value = nn.Parameter(torch.zeros(n_input), requires_grad=reads_feature_mask)
 
     def forward(
         self,
