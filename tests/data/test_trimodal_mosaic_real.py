@@ -25,14 +25,13 @@ def mosaic():
     datasets = {name: md.read_h5mu(require_shared_data(file)) for name, file in FILES.items()}
     shared = datasets["cite"]["rna"].var_names.intersection(datasets["multiome"]["rna"].var_names)
     joined, masks = concat_mosaic(datasets, batch_key="batch")
-    return joined, masks, shared
+    return joined, masks, shared, datasets["cite"]["rna"].var_names
 
 
 def test_concat_mosaic_marks_the_other_panel_unmeasured(mosaic):
-    joined, masks, shared = mosaic
+    joined, masks, shared, cite_genes = mosaic
     frame = masks["rna"]
     cite_batches = [b for b in frame.index if b.startswith("cite:")]
-    cite_genes = md.read_h5mu(require_shared_data(FILES["cite"]))["rna"].var_names
     assert frame.loc[cite_batches, cite_genes].to_numpy().all()
     only_multiome = joined["rna"].var_names.difference(cite_genes)
     assert len(only_multiome) > 0
