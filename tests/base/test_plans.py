@@ -26,10 +26,19 @@ def _history(model_cls, mosaic, **setup):
     return {key: frame.to_numpy(dtype=float).ravel() for key, frame in model.history.items()}
 
 
-def _per_step_logging(self, loss_output, metrics, mode):
+def _per_step_logging(self, loss_output, metrics, mode, extra_sums=None):
     """scvi-tools' own logging: every metric through Lightning at every step."""
+    n_obs = loss_output.n_obs_minibatch
     with torch.no_grad():
         TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
+        self.log(f"{mode}_loss", loss_output.loss, on_step=False, on_epoch=True, batch_size=n_obs)
+        for name, value in (extra_sums or {}).items():
+            self.log(
+                f"{name}_{mode}", value / n_obs, on_step=False, on_epoch=True, batch_size=n_obs
+            )
+        if mode == "train" and "kl_weight" in self.loss_kwargs:  # rises: its max is the last
+            kl_weight = float(self.loss_kwargs["kl_weight"])
+            self.log("kl_weight", kl_weight, on_step=False, on_epoch=True, reduce_fx="max")
 
 
 @pytest.mark.parametrize(

@@ -33,26 +33,55 @@ class EpochMetricsMixin:
     half a millisecond of Python work (a tenth of a CPU training step for a model with a dozen
     metrics). Here a step adds its metrics, weighted by its number of cells, to one tensor per
     mode, and the epoch means are logged once, at the end of the epoch, under the same names
-    and with the same values: ``elbo_*``, ``reconstruction_loss_*``, ``kl_local_*``,
-    ``kl_global_*`` and every extra metric of the module's loss. With several processes (DDP)
-    the sums are added across processes before the means are taken.
+    and with the same values: ``train_loss`` / ``validation_loss`` (the epoch mean of the
+    minibatch losses, weighted by cells), ``elbo_*``, ``reconstruction_loss_*``,
+    ``kl_local_*``, ``kl_global_*`` and every extra metric of the module's loss; ``kl_weight``
+    is logged once per epoch (its value at the last step). With several processes (DDP) the
+    sums are added across processes before the means are taken. ``plan_kwargs={"on_step":
+    True}`` logs the minibatch losses at every step as well.
     """
 
     _ELBO_TERMS = ("reconstruction_loss", "kl_local", "kl_global")
 
-    def compute_and_log_metrics(self, loss_output, metrics, mode):  # noqa: D102
+    def update_kl_weight(self) -> None:
+        """Pass this step's KL weight to the module's loss (the plans that anneal it)."""
+        if "kl_weight" in self.loss_kwargs:
+            self.loss_kwargs["kl_weight"] = self.kl_weight
+
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' training step, with every metric summed into the epoch totals."""
+        self.update_kl_weight()
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
+        return loss_output.loss
+
+    def validation_step(self, batch, batch_idx):
+        """scvi-tools' validation step, with every metric summed into the epoch totals."""
+        _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
+        self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
+
+    def compute_and_log_metrics(self, loss_output, metrics, mode, extra_sums=None):
+        """Add a step's metrics, times its cells, to the epoch totals of ``mode``.
+
+        ``extra_sums``: further ``{name: per-cell mean x cells}`` of the step (e.g. a plan's
+        own losses), logged as ``{name}_{mode}`` like the module's extra metrics.
+        """
+        n_obs = loss_output.n_obs_minibatch
+        loss = loss_output.loss.detach()
+        if self.on_step:  # what scvi-tools logs when asked for per-step values
+            self.log(f"{mode}_loss_step", loss, on_step=True, on_epoch=False)
         values = {
+            "loss": loss * n_obs,
             "reconstruction_loss": loss_output.reconstruction_loss_sum,
             "kl_local": loss_output.kl_local_sum,
             "kl_global": loss_output.kl_global_sum,
+            **(extra_sums or {}),
         }
-        n_obs = loss_output.n_obs_minibatch
         for key, value in (loss_output.extra_metrics or {}).items():
             if not isinstance(value, torch.Tensor) or value.dim() == 0:
                 values[key] = value * n_obs  # extra metrics are per-cell means
         if self.device.type == "cpu":  # per step; on an accelerator that would sync each step
-            terms = {"loss": loss_output.loss, **values}
-            check_finite(terms, self.current_epoch, self.global_step, mode)
+            check_finite(values, self.current_epoch, self.global_step, mode)
         self.accumulate_epoch_metrics(mode, values, n_obs)
 
     def accumulate_epoch_metrics(self, mode: str, sums: dict, n_obs: int) -> None:
@@ -92,11 +121,13 @@ class EpochMetricsMixin:
             means["elbo"] = (
                 means["reconstruction_loss"] + means["kl_local"] + means["kl_global"] / n_total
             )
+        if mode == "train" and "kl_weight" in self.loss_kwargs:
+            means["kl_weight"] = torch.as_tensor(float(self.loss_kwargs["kl_weight"]))
         for name, value in means.items():
+            # scvi-tools' names: train_loss, validation_loss, kl_weight; the rest {name}_{mode}
+            key = {"loss": f"{mode}_loss", "kl_weight": name}.get(name, f"{name}_{mode}")
             # every process holds the same totals, so the mean over processes changes nothing
-            self.log(
-                f"{name}_{mode}", value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist
-            )
+            self.log(key, value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         super().on_train_epoch_start()

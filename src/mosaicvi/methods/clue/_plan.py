@@ -161,35 +161,18 @@ class AdversarialTrainingPlan(EpochMetricsMixin, TrainingPlan):
 
     def training_step(self, batch, batch_idx):
         """Update the module (encoders fool the discriminator), then the discriminator."""
-        if "kl_weight" in self.loss_kwargs:
-            kl_weight = self.kl_weight
-            self.loss_kwargs.update({"kl_weight": kl_weight})
-            self.log("kl_weight", kl_weight, on_step=True, on_epoch=False)
+        self.update_kl_weight()
         opt_main, opt_discriminator = self._optimizers()
 
         inference_outputs, _, scvi_loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
         if opt_main is not None:
             self._step(opt_main, scvi_loss.loss)
+        extra_sums = {}
         if opt_discriminator is not None:
             noise = self.discriminator_noise_std
             for _ in range(self.n_steps_discriminator):
                 d_loss, _ = self.module.discriminator_loss(inference_outputs, noise_std=noise)
                 self._step(opt_discriminator, d_loss)
-            self.log(
-                "discriminator_step_loss_train",
-                d_loss.detach(),
-                on_step=self.on_step,
-                on_epoch=self.on_epoch,
-                batch_size=scvi_loss.n_obs_minibatch,
-            )
-
-        self.log(
-            "train_loss",
-            scvi_loss.loss.detach(),
-            on_step=self.on_step,
-            on_epoch=self.on_epoch,
-            prog_bar=True,
-            batch_size=scvi_loss.n_obs_minibatch,
-        )
-        self.compute_and_log_metrics(scvi_loss, self.train_metrics, "train")
+            extra_sums["discriminator_step_loss"] = d_loss.detach() * scvi_loss.n_obs_minibatch
+        self.compute_and_log_metrics(scvi_loss, self.train_metrics, "train", extra_sums)
         return scvi_loss.loss.detach()
