@@ -343,7 +343,9 @@ def _to_csr32(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Prepared:
+def prepare_dataset(
+    key: str, subsample: int | None = None, seed: int = 0, spec: DatasetSpec | None = None
+) -> Prepared:
     """Read a dataset from the shared data folder and apply the shared preprocessing.
 
     Every method sees exactly the same cells and features:
@@ -353,12 +355,14 @@ def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Pr
     - hidden cells: all cells of the last ``n_hidden_batches`` batches in sorted order;
     - optionally only the ``max_atac_peaks`` most frequently open peaks, counted on the cells
       whose ATAC is *not* hidden (no peek at held-out data);
-    - optionally a random subsample of cells (``--quick`` smoke runs only).
+    - optionally a random subsample of cells (smoke runs, or a study's compute budget).
+
+    ``spec``: a dataset outside :data:`DATASETS` (``key`` is then only its name).
     """
     import anndata as ad
     import mudata as md
 
-    spec = DATASETS[key]
+    spec = DATASETS[key] if spec is None else spec
     path = DATA_DIR / spec.file
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (set MOSAICVI_DATA_DIR to the data folder)")
@@ -371,7 +375,7 @@ def prepare_dataset(key: str, subsample: int | None = None, seed: int = 0) -> Pr
     if subsample is not None and subsample < len(cells):
         rng = np.random.default_rng(seed)
         cells = cells[np.sort(rng.choice(len(cells), subsample, replace=False))]
-        notes.append(f"subsampled to {subsample} cells (smoke run)")
+        notes.append(f"random subsample of {subsample} of {len(raw.obs_names)} cells")
     obs = obs.loc[cells]
     mods = {}
     for name in ("rna", spec.second):
