@@ -335,6 +335,11 @@ class Prepared:
         return self.spec.second
 
 
+def paired_cell_types(prep: Prepared) -> np.ndarray:
+    """Cell types of the paired cells, NaN for the hidden ones (what semi-supervised models see)."""
+    return prep.mdata.obs["cell_type"].astype(object).where(~prep.hidden, np.nan).to_numpy()
+
+
 def _to_csr32(x):
     import scipy.sparse as sp
 

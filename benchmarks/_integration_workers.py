@@ -13,7 +13,7 @@ import inspect
 import warnings
 
 import numpy as np
-from _common import Prepared, Timer, epochs_run, impute, setup_model
+from _common import Prepared, Timer, epochs_run, impute, paired_cell_types, setup_model
 
 SEED = 0
 K_NN = 15
@@ -39,7 +39,7 @@ def model_worker(method, prep: Prepared, epochs: int) -> tuple[dict, dict]:
     full, second = prep.mdata, prep.second
     paired, hidden = np.flatnonzero(~prep.hidden), np.flatnonzero(prep.hidden)
     mosaic = hide_second_modality(prep)
-    seen = full.obs["cell_type"].astype(object).where(~prep.hidden, np.nan).to_numpy()
+    seen = paired_cell_types(prep)
     labelled = setup_model(cls, mosaic, {"rna": "rna", second: second}, labels=seen)
     model = cls(mosaic)
     t = _fit(model, epochs)

@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     fmt,
     label,
     markdown_table,
+    paired_cell_types,
     prepare_dataset,
     registry,
     setup_model,
@@ -135,7 +136,7 @@ def run_worker(method_name: str, key: str, setting_name: str, result: Path) -> N
         setting = SETTINGS[method_name][setting_name]
         cls = registry().get(method_name).model_class()
         mosaic = hide_second_modality(prep)
-        seen = obs["cell_type"].astype(object).where(~prep.hidden, np.nan).to_numpy()
+        seen = paired_cell_types(prep)
         second = prep.second
         setup = {"likelihoods": {second: setting["atac"]}} if "atac" in setting else {}
         setup_model(cls, mosaic, {"rna": "rna", second: second}, labels=seen, **setup)

@@ -43,14 +43,14 @@ class EpochMetricsMixin:
 
     _ELBO_TERMS = ("reconstruction_loss", "kl_local", "kl_global")
 
-    def update_kl_weight(self) -> None:
+    def _update_kl_weight(self) -> None:
         """Pass this step's KL weight to the module's loss (the plans that anneal it)."""
         if "kl_weight" in self.loss_kwargs:
             self.loss_kwargs["kl_weight"] = self.kl_weight
 
     def training_step(self, batch, batch_idx):
         """scvi-tools' training step, with every metric summed into the epoch totals."""
-        self.update_kl_weight()
+        self._update_kl_weight()
         _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         return loss_output.loss

@@ -161,7 +161,7 @@ class AdversarialTrainingPlan(EpochMetricsMixin, TrainingPlan):
 
     def training_step(self, batch, batch_idx):
         """Update the module (encoders fool the discriminator), then the discriminator."""
-        self.update_kl_weight()
+        self._update_kl_weight()
         opt_main, opt_discriminator = self._optimizers()
 
         inference_outputs, _, scvi_loss = self.forward(batch, loss_kwargs=self.loss_kwargs)
