@@ -561,3 +561,33 @@ def launch_worker(
         meta = json.load(fh)
     meta["wall_s"] = wall
     return arrays, meta
+
+
+def run_in_parallel(runs: list[tuple[str, list[str], Path]], env: dict, parallel: int) -> dict:
+    """Run ``(label, command, log path)`` subprocesses, ``parallel`` at a time.
+
+    Output goes to each run's log; a line per finished run is printed (with the log's tail for a
+    failed one). Returns ``{label: exit code}``.
+    """
+    pending, running, codes = list(runs), [], {}
+    t_start = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, cmd, log_path = pending.pop(0)
+            log = open(log_path, "w")  # noqa: SIM115 - closed when the run ends
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((name, proc, log, log_path, time.perf_counter()))
+        time.sleep(0.5)
+        for item in list(running):
+            name, proc, log, log_path, t0 = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            codes[name] = proc.returncode
+            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            now = time.perf_counter()
+            print(f"[{now - t_start:6.0f}s] {name}: {status}, {now - t0:.0f} s", flush=True)
+            if proc.returncode != 0:
+                print(Path(log_path).read_text()[-2000:], flush=True)
+    return codes

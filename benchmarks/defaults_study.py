@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from _common import (  # noqa: E402
     paired_cell_types,
     prepare_dataset,
     registry,
+    run_in_parallel,
     setup_model,
     snapshot_source,
     source_note,
@@ -182,24 +182,12 @@ def run_path(runs: Path, task: tuple[str, str, str]) -> Path:
 def run_all(todo: list, runs: Path, source: dict, parallel: int) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([source["path"], *filter(None, [env.get("PYTHONPATH")])])
-    pending, running = list(todo), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            task = pending.pop(0)
-            path = run_path(runs, task)
-            log = open(path.with_suffix(".log"), "w")  # noqa: SIM115 (closed when it ends)
-            cmd = [sys.executable, __file__, "--worker", *task, "--result", str(path)]
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((task, proc, log, time.perf_counter()))
-        time.sleep(1.0)
-        for item in list(running):
-            task, proc, log, t0 = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            log.close()
-            status = "ok" if proc.returncode == 0 else f"FAILED (see {log.name})"
-            print(f"  {' / '.join(task)}: {status}, {time.perf_counter() - t0:.0f} s", flush=True)
+    commands = []
+    for task in todo:
+        path = run_path(runs, task)
+        cmd = [sys.executable, __file__, "--worker", *task, "--result", str(path)]
+        commands.append((" / ".join(task), cmd, path.with_suffix(".log")))
+    run_in_parallel(commands, env, parallel)
 
 
 def load_runs(runs: Path) -> dict:

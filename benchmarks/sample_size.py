@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -62,6 +61,7 @@ from _common import (  # noqa: E402
     label,
     registry,
     resolve_methods,
+    run_in_parallel,
     set_threads,
     setup_model,
 )
@@ -191,9 +191,9 @@ def _result_path(runs: Path, task: tuple[str, str, int], quick: bool) -> Path:
     return runs / f"{key}__{method}__{seed}{'_quick' if quick else ''}.json"
 
 
-def _start(task, result: Path, data: Path, sizes, quick: bool, env: dict):
+def _command(task, result: Path, data: Path, sizes, quick: bool) -> list[str]:
     key, method, seed = task
-    cmd = [
+    return [
         sys.executable,
         str(Path(__file__).resolve()),
         "--worker",
@@ -207,8 +207,6 @@ def _start(task, result: Path, data: Path, sizes, quick: bool, env: dict):
         "--sizes",
         *map(str, sizes),
     ] + (["--quick"] if quick else [])
-    log = open(result.with_suffix(".log"), "w")  # noqa: SIM115 - closed when it ends
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
 def run_all(args: argparse.Namespace) -> list[dict]:
@@ -222,27 +220,14 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     pending = [t for t in _schedule(tasks) if not _result_path(runs, t, args.quick).exists()]
     args.n_cached = len(tasks) - len(pending)
     print(f"{len(pending)} runs to do ({args.jobs} at a time), results in {runs}", flush=True)
-    running: list = []
-    t_start = time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            task = pending.pop(0)
-            result = _result_path(runs, task, args.quick)
-            proc, log = _start(task, result, data[task[0]], sizes, args.quick, env)
-            running.append((proc, log, task, result))
-        time.sleep(0.5)
-        for item in list(running):
-            proc, log, (key, method, seed), result = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-            elapsed = time.perf_counter() - t_start
-            print(f"[{elapsed:6.0f}s] {key} {method} seed {seed}: {status}", flush=True)
-            if proc.returncode != 0:
-                print(result.with_suffix(".log").read_text()[-2000:], flush=True)
+    runs_to_do = []
+    for task in pending:
+        result = _result_path(runs, task, args.quick)
+        cmd = _command(task, result, data[task[0]], sizes, args.quick)
+        key, method, seed = task
+        runs_to_do.append((f"{key} {method} seed {seed}", cmd, result.with_suffix(".log")))
+    run_in_parallel(runs_to_do, env, args.jobs)
     records = []
     for task in tasks:
         result = _result_path(runs, task, args.quick)

@@ -28,6 +28,20 @@ def test_training_loss_decreases(method, trained, contract, shape):
     assert loss[-1] < 0.95 * loss[0], f"train_loss {loss[0]:.4g} -> {loss[-1]:.4g}"
 
 
+def test_epoch_losses_are_logged_by_the_plan(method, trained, contract):
+    # the plan's training and validation steps sum the losses into epoch means
+    run = trained(method, "paired")
+    history = run.model.history
+    keys = ["train_loss", "elbo_train"]
+    if "elbo_validation" in history:  # where the model's defaults ran validation epochs
+        keys.append("validation_loss")
+        assert len(history["validation_loss"]) == len(history["elbo_validation"])
+    for key in keys:
+        assert key in history, (key, sorted(history))
+        assert np.isfinite(history[key].to_numpy(dtype=float)).all(), key
+    assert len(history["train_loss"]) == contract.SHAPES["paired"]["epochs"]
+
+
 def test_setup_rejects_a_batch_key_that_is_not_a_column(method, contract):
     case = contract.build("paired")
     with pytest.raises(KeyError, match=contract.words("donor", "column")):

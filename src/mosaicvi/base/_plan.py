@@ -121,13 +121,14 @@ class EpochMetricsMixin:
             means["elbo"] = (
                 means["reconstruction_loss"] + means["kl_local"] + means["kl_global"] / n_total
             )
-        if mode == "train" and "kl_weight" in self.loss_kwargs:
-            means["kl_weight"] = torch.as_tensor(float(self.loss_kwargs["kl_weight"]))
         for name, value in means.items():
-            # scvi-tools' names: train_loss, validation_loss, kl_weight; the rest {name}_{mode}
-            key = {"loss": f"{mode}_loss", "kl_weight": name}.get(name, f"{name}_{mode}")
+            # scvi-tools' names: train_loss / validation_loss; every other term {name}_{mode}
+            key = f"{mode}_loss" if name == "loss" else f"{name}_{mode}"
             # every process holds the same totals, so the mean over processes changes nothing
             self.log(key, value, on_step=False, on_epoch=True, sync_dist=self.use_sync_dist)
+        if mode == "train" and "kl_weight" in self.loss_kwargs:  # its value at the last step
+            kl_weight = float(self.loss_kwargs["kl_weight"])
+            self.log("kl_weight", kl_weight, on_step=False, on_epoch=True)
 
     def on_train_epoch_start(self) -> None:  # noqa: D102
         super().on_train_epoch_start()
